@@ -17,9 +17,13 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigError(f"The environment variable {name} must be an integer, got {raw!r}.") from None
+        raise ConfigError(
+            f"The environment variable {name} must be an integer, got {raw!r}."
+        ) from None
     if value < minimum:
-        raise ConfigError(f"The environment variable {name} must be at least {minimum}, got {value}.")
+        raise ConfigError(
+            f"The environment variable {name} must be at least {minimum}, got {value}."
+        )
     return value
 
 
@@ -30,7 +34,9 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"The environment variable {name} must be a number, got {raw!r}.") from None
+        raise ConfigError(
+            f"The environment variable {name} must be a number, got {raw!r}."
+        ) from None
     if value <= 0:
         raise ConfigError(f"The environment variable {name} must be positive, got {value}.")
     return value
@@ -129,6 +135,47 @@ class Settings:
     port: int = field(
         default=8080,
         metadata={"env": "NIMBUS_PORT", "doc": "Local gateway port (`nimbus up`)."},
+    )
+    predict_port: int = field(
+        default=8081,
+        metadata={
+            "env": "NIMBUS_PREDICT_PORT",
+            "doc": "Local predict function port (`nimbus up`).",
+        },
+    )
+    batch_submit_port: int = field(
+        default=8082,
+        metadata={
+            "env": "NIMBUS_BATCH_SUBMIT_PORT",
+            "doc": "Local batch_submit function port (`nimbus up`).",
+        },
+    )
+    batch_status_port: int = field(
+        default=8083,
+        metadata={
+            "env": "NIMBUS_BATCH_STATUS_PORT",
+            "doc": "Local batch_status function port (`nimbus up`).",
+        },
+    )
+    mlflow_port: int = field(
+        default=5000,
+        metadata={"env": "NIMBUS_MLFLOW_PORT", "doc": "Local MLflow server port (`nimbus up`)."},
+    )
+    redis_port: int = field(
+        default=6379,
+        metadata={"env": "NIMBUS_REDIS_PORT", "doc": "Local redis-server port (`nimbus up`)."},
+    )
+    pubsub_port: int = field(
+        default=8085,
+        metadata={"env": "NIMBUS_PUBSUB_PORT", "doc": "Local Pub/Sub emulator port (`nimbus up`)."},
+    )
+    gcs_port: int = field(
+        default=4443,
+        metadata={"env": "NIMBUS_GCS_PORT", "doc": "Local GCS emulator port (`nimbus up`)."},
+    )
+    workers: int = field(
+        default=1,
+        metadata={"env": "NIMBUS_WORKERS", "doc": "Local worker processes (`nimbus up`)."},
     )
     home: str = field(
         default=".nimbus",

@@ -1,0 +1,62 @@
+# The two commands: `make run` brings the whole local stack up, `make test` runs every test.
+# Both install what is missing first (idempotent; quick when done).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+UV := .tools/bin/uv
+VENV := .venv
+BIN := $(VENV)/bin
+GO ?= go
+DEVSTACK_BIN := devstack/bin/nimbus-emulators devstack/bin/nimbus-gateway
+DEVSTACK_SRC := $(shell find devstack -name '*.go' -o -name go.mod -o -name go.sum 2>/dev/null)
+
+.PHONY: run test install lint format unit e2e gotest bench clean help
+
+help:
+	@echo "make run      install what is missing, then run the whole stack (gateway on :8080)"
+	@echo "make test     install what is missing, lint, then run every test"
+	@echo "make lint     ruff, ruff format --check, mypy, go vet"
+	@echo "make clean    remove the venv, built programs and local state (.nimbus/)"
+
+run: install
+	$(BIN)/nimbus up
+
+test: install lint gotest
+	$(BIN)/pytest
+
+install: $(VENV)/.synced $(DEVSTACK_BIN) redis
+
+# uv itself lives in its own small venv so `uv sync` can keep .venv exactly as uv.lock says.
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --all-extras
+	touch $@
+
+$(DEVSTACK_BIN) &: $(DEVSTACK_SRC)
+	cd devstack && $(GO) build -o bin/ ./cmd/...
+
+# Memorystore's local stand-in: Debian's redis-server, installed once when missing.
+redis:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+
+lint: $(VENV)/.synced
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(VENV)/.synced
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+gotest:
+	cd devstack && $(GO) vet ./... && $(GO) test ./...
+
+clean:
+	rm -rf $(VENV) .tools devstack/bin .nimbus .pytest_cache .mypy_cache .ruff_cache

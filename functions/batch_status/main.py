@@ -1,0 +1,27 @@
+"""Cloud Run function `batch_status`: read a batch job's state and result from Redis."""
+
+from __future__ import annotations
+
+import functions_framework
+from flask import Request, Response
+
+from nimbus import api
+from nimbus.clients import Clients
+from nimbus.logs import configure_logging
+
+clients = Clients()
+configure_logging(clients.settings.log_level)
+
+
+@functions_framework.http
+def batch_status(request: Request) -> Response:
+    routes: dict[str, dict[str, api.Handler]] = {
+        "/": {"GET": api.health},
+        "/ready": {"GET": lambda: api.status_ready(clients.job_store)},
+    }
+    job_id = api.job_id_from_path(request.path)
+    if job_id is not None:
+        routes[request.path.rstrip("/")] = {
+            "GET": lambda: api.batch_status(job_id, clients.job_store)
+        }
+    return api.dispatch(request, routes)

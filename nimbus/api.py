@@ -1,0 +1,180 @@
+"""What each function does with a request, apart from how its clients are built.
+
+The functions' `main.py` files build the clients once per process and call these; tests call
+them with real clients of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from flask import Request, Response
+
+from nimbus.errors import (
+    BadRequest,
+    MethodNotAllowed,
+    NimbusError,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    ValidationFailed,
+)
+from nimbus.http import HEALTH_BODY, answers_errors, json_response, read_json
+
+if TYPE_CHECKING:
+    from nimbus.bus import JobBus
+    from nimbus.config import Settings
+    from nimbus.jobs import JobStore
+    from nimbus.registry import ModelRegistry
+
+logger = logging.getLogger(__name__)
+
+MODEL_HEADER = "X-Nimbus-Model"
+Handler = Callable[[], Response]
+
+
+def dispatch(request: Request, routes: dict[str, dict[str, Handler]]) -> Response:
+    """Call the handler for (path, method), or answer 404/405 in the error shape."""
+    methods = routes.get(request.path.rstrip("/") or "/")
+    if methods is None:
+        return answers_errors(_raise)(NotFound(f"No route for {request.path}."))
+    handler = methods.get(request.method)
+    if handler is None:
+        allow = ", ".join(sorted(methods))
+        error = MethodNotAllowed(
+            f"{request.method} is not allowed on {request.path}; use {allow}.",
+            details={"allow": allow},
+        )
+        return answers_errors(_raise)(error)
+    return answers_errors(handler)()
+
+
+def _raise(error: NimbusError) -> Response:
+    raise error
+
+
+def health() -> Response:
+    """Liveness: the process answers. It checks no dependency, so a restart never cascades."""
+    return json_response(HEALTH_BODY)
+
+
+# -- predict ----------------------------------------------------------------------------------
+
+
+def predict(request: Request, registry: ModelRegistry, settings: Settings) -> Response:
+    """One JSON object of the model's fields in, `{"prediction": ...}` out."""
+    body = read_json(request, max_bytes=settings.max_body_bytes)
+    if not isinstance(body, dict):
+        raise BadRequest(
+            "Send one JSON object with the model's input fields, e.g. "
+            '{"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}.'
+        )
+    model = registry.production()
+    matrix = model.schema.row_to_matrix(body)
+    (prediction,) = model.predict(matrix)
+    return json_response(
+        {"prediction": prediction, "model": {"name": model.name, "version": model.version}},
+        headers={MODEL_HEADER: f"{model.name}/{model.version}"},
+    )
+
+
+def predict_ready(registry: ModelRegistry) -> Response:
+    """200 once the production model is loaded (loading it if need be), 503 with why not."""
+    try:
+        model = registry.production()
+    except NimbusError as error:
+        return json_response({"status": "unready", **error.to_body()}, 503)
+    return json_response(
+        {"status": "ready", "model": {"name": model.name, "version": model.version}},
+        headers={MODEL_HEADER: f"{model.name}/{model.version}"},
+    )
+
+
+# -- batch ------------------------------------------------------------------------------------
+
+
+def submit_batch(
+    request: Request,
+    store: JobStore,
+    bus: JobBus,
+    registry: ModelRegistry,
+    settings: Settings,
+) -> Response:
+    """Validate the items, record the job, queue it; 202 with its id once Pub/Sub holds it."""
+    items = read_json(request, max_bytes=settings.max_body_bytes)
+    if not isinstance(items, list):
+        raise BadRequest("Send a JSON array of items, each an object of the model's input fields.")
+    if not items:
+        raise ValidationFailed("The batch is empty: send at least one item.", code="empty_batch")
+    if len(items) > settings.max_batch_items:
+        raise PayloadTooLarge(
+            f"The batch has {len(items)} items; at most {settings.max_batch_items} are accepted "
+            "in one request (NIMBUS_MAX_BATCH_ITEMS). Split it into several jobs."
+        )
+    registry.production_schema().rows_to_matrix(items)
+    job = store.create(items)
+    try:
+        bus.publish_job(job.id)
+    except ServiceUnavailable:
+        # Never leave a job PENDING that no worker will ever see: the caller got a 503 and
+        # will submit again, so this record ends here.
+        store.fail(
+            job.id,
+            epoch=None,
+            error={"code": "queue_unavailable", "message": "The job could not be queued."},
+        )
+        raise
+    logger.info("job %s accepted: %d items", job.id, len(items))
+    return json_response(
+        {"job_id": job.id, "status": "PENDING"}, 202, headers={"Location": f"/v1/batch/{job.id}"}
+    )
+
+
+def submit_ready(store: JobStore, bus: JobBus) -> Response:
+    problems = {}
+    if not store.is_reachable():
+        problems["redis"] = "unreachable"
+    if not bus.is_reachable():
+        problems["pubsub"] = "unreachable"
+    if problems:
+        return json_response({"status": "unready", "dependencies": problems}, 503)
+    return json_response({"status": "ready"})
+
+
+def batch_status(job_id: str, store: JobStore) -> Response:
+    """The job's record as the caller may see it; 404 for an id that is not a job."""
+    if not _is_job_id(job_id):
+        raise NotFound(
+            f"No job {job_id[:64]!r}: job ids are the UUIDs that POST /v1/batch answers.",
+            code="job_not_found",
+        )
+    job = store.fetch(job_id)
+    if job is None:
+        raise NotFound(f"No job {job_id}: it was never submitted here.", code="job_not_found")
+    return json_response(job.to_public())
+
+
+def status_ready(store: JobStore) -> Response:
+    if not store.is_reachable():
+        return json_response({"status": "unready", "dependencies": {"redis": "unreachable"}}, 503)
+    return json_response({"status": "ready"})
+
+
+def job_id_from_path(path: str) -> str | None:
+    """The job id in `/v1/batch/<id>` (gateway) or `/<id>` (the function's own URL)."""
+    parts = [part for part in path.split("/") if part]
+    if len(parts) == 3 and parts[:2] == ["v1", "batch"]:
+        return parts[2]
+    if len(parts) == 1 and parts[0] not in {"ready", "healthz"}:
+        return parts[0]
+    return None
+
+
+def _is_job_id(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value.lower() and len(value) == 36
+    except ValueError:
+        return False

@@ -1,0 +1,61 @@
+"""The clients a process needs, each built on first use and kept for the process's life.
+
+Cloud Run reuses a function instance across requests, so connections and the loaded model
+live in global scope; building them lazily keeps cold starts to what the first request needs.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from nimbus.config import Settings
+
+if TYPE_CHECKING:
+    import redis
+
+    from nimbus.bus import JobBus
+    from nimbus.jobs import JobStore
+    from nimbus.registry import ModelRegistry
+
+
+class Clients:
+    """Lazily built, cached clients for one process; pass `settings` to point elsewhere."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        import redis
+
+        # Short timeouts: a request that cannot reach Redis answers 503 quickly.
+        return redis.Redis.from_url(
+            self.settings.redis_url,
+            socket_timeout=5,
+            socket_connect_timeout=2,
+            health_check_interval=30,
+        )
+
+    @cached_property
+    def job_store(self) -> JobStore:
+        from nimbus.jobs import JobStore
+
+        return JobStore(self.redis)
+
+    @cached_property
+    def job_bus(self) -> JobBus:
+        from nimbus.bus import JobBus, new_publisher
+
+        return JobBus(
+            new_publisher(), self.settings.topic_path, timeout=self.settings.publish_timeout
+        )
+
+    @cached_property
+    def model_registry(self) -> ModelRegistry:
+        from mlflow import MlflowClient
+
+        from nimbus.registry import ModelRegistry
+
+        client = MlflowClient(tracking_uri=self.settings.tracking_uri)
+        return ModelRegistry(client, self.settings.model_uri, cache_dir=self.settings.cache_path())
