@@ -28,13 +28,16 @@ class Clients:
     @cached_property
     def redis(self) -> redis.Redis:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
-        # Short timeouts: a request that cannot reach Redis answers 503 quickly.
+        # Short timeouts and one retry: a request that cannot reach Redis answers 503 quickly.
         return redis.Redis.from_url(
             self.settings.redis_url,
             socket_timeout=5,
             socket_connect_timeout=2,
             health_check_interval=30,
+            retry=Retry(NoBackoff(), retries=1),
         )
 
     @cached_property

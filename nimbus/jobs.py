@@ -22,6 +22,7 @@ jobs must stay until someone finishes them. Connection errors propagate untouche
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,8 @@ import orjson
 import redis
 
 from nimbus.errors import Conflict
+
+logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "nimbus:"
 DEFAULT_FINISHED_TTL = 7 * 24 * 3600
@@ -156,7 +159,7 @@ class Claim:
 class Job:
     """One job record as read from Redis; `inputs`/`result` are None when not loaded."""
 
-    job_id: str
+    id: str
     status: JobStatus
     created_at: float
     updated_at: float
@@ -179,7 +182,7 @@ class Job:
 
     def to_public(self) -> dict[str, Any]:
         """The body of GET /v1/batch/<job_id>: the seed's fields first, unset times left out."""
-        body: dict[str, Any] = {"job_id": self.job_id, "status": self.status.value}
+        body: dict[str, Any] = {"job_id": self.id, "status": self.status.value}
         if self.status is JobStatus.SUCCESS and self.result is not None:
             body["result"] = self.result
         if self.status is JobStatus.FAILURE and self.error is not None:
@@ -220,9 +223,13 @@ class JobStore:
         """The Redis key of a job's hash."""
         return f"{self.prefix}job:{job_id}"
 
-    def ping(self) -> bool:
-        """True if Redis answers; raises redis.exceptions.ConnectionError if it cannot."""
-        return bool(self.connection.ping())
+    def is_reachable(self) -> bool:
+        """True if Redis answers a PING: for readiness checks, which must not raise."""
+        try:
+            return bool(self.connection.ping())
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+            logger.warning("redis unreachable: %s", error)
+            return False
 
     def create(self, inputs: list[dict[str, Any]], *, job_id: str | None = None) -> Job:
         """Save a new PENDING job; raises Conflict rather than overwrite an existing id."""
@@ -232,7 +239,7 @@ class JobStore:
             raise Conflict(f"Job {job_id} already exists; submit again without a job id.")
         now = float(_text(created))
         return Job(
-            job_id=job_id,
+            id=job_id,
             status=JobStatus.PENDING,
             created_at=now,
             updated_at=now,
@@ -255,7 +262,7 @@ class JobStore:
         if record["status"] is None:
             return None
         return Job(
-            job_id=job_id,
+            id=job_id,
             status=JobStatus(_text(record["status"])),
             created_at=_float(record["created_at"]) or 0.0,
             updated_at=_float(record["updated_at"]) or 0.0,

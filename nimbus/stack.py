@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import shutil
@@ -357,6 +358,7 @@ class Stack:
         )
         for service in self.services:
             service.wait_ready(self.log_dir)
+        self._write_state()
 
     def supervise(self, stop: threading.Event, *, poll: float = 0.5) -> None:
         """Until `stop` is set: restart workers that die; raise StackError if anything else does."""
@@ -378,12 +380,15 @@ class Stack:
                 # Back off a crash loop, but keep one short so a killed worker returns fast.
                 time.sleep(min(0.5 * service.restarts, 5.0))
                 service.start(env, self.log_dir)
+                self._write_state()
 
     def stop(self) -> None:
         """Stop every process started, newest first; leaves none behind."""
         for service in reversed(self.services):
             service.stop()
         self.services.clear()
+        with contextlib.suppress(OSError):
+            self.state_path.unlink()
 
     def service(self, name: str) -> Service:
         return next(service for service in self.services if service.name == name)
@@ -398,6 +403,16 @@ class Stack:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    @property
+    def state_path(self) -> Path:
+        """A JSON file naming each running service's pid and the stack's URLs, for tools."""
+        return self.home / "stack.json"
+
+    def _write_state(self) -> None:
+        pids = {svc.name: svc.process.pid for svc in self.services if svc.process is not None}
+        state = {"urls": self.urls(), "pids": pids}
+        self.state_path.write_text(json.dumps(state, indent=2) + "\n")
 
     # -- pieces --------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from nimbus.bus import decode_job_message
 from nimbus.errors import NimbusError, ServiceUnavailable, ValidationFailed
+from nimbus.jobs import ClaimRefused
 
 if TYPE_CHECKING:
     from google.cloud import pubsub_v1
@@ -35,8 +36,8 @@ class Outcome(enum.StrEnum):
 
     DONE = "done"  # this worker wrote the result
     FAILED = "failed"  # the job can never succeed; FAILURE recorded
-    SKIPPED = "skipped"  # unknown, finished, or owned by another worker: nothing to do
-    RETRY = "retry"  # a dependency is down; let Pub/Sub redeliver later
+    SKIPPED = "skipped"  # unknown or already finished: nothing to do
+    RETRY = "retry"  # a dependency is down or another worker holds the job: redeliver later
 
 
 def handle_job(
@@ -48,11 +49,21 @@ def handle_job(
     lease_seconds: int,
 ) -> Outcome:
     """Claim the job, predict every item in one vectorised call, record result and SUCCESS."""
+    # The model first: if the registry is down, no claim is taken and the redelivery is free
+    # to run the job later.
+    try:
+        model = models.production()
+    except ServiceUnavailable as error:
+        logger.warning("↻ job %s retry: %s", job_id, error.message, extra={"job_id": job_id})
+        return Outcome.RETRY
     claim = store.claim(job_id, owner=owner, lease_seconds=lease_seconds)
-    if claim is None:
-        logger.info(
-            "· job %s skipped: unknown, finished or leased", job_id, extra={"job_id": job_id}
-        )
+    if isinstance(claim, ClaimRefused):
+        if claim is ClaimRefused.LEASED:
+            # Someone holds a live lease. Ack only once it ends: if that worker dies, this
+            # delivery is what lets the job run again after its lease expires.
+            logger.info("· job %s leased by another worker", job_id, extra={"job_id": job_id})
+            return Outcome.RETRY
+        logger.info("· job %s skipped: %s", job_id, claim.value, extra={"job_id": job_id})
         return Outcome.SKIPPED
     logger.info(
         "→ job %s started: %d items, attempt %d",
@@ -63,7 +74,6 @@ def handle_job(
     )
     started = time.perf_counter()
     try:
-        model = models.production()
         matrix = model.schema.rows_to_matrix(claim.inputs)
     except ValidationFailed as error:
         # The items were valid when submitted, so the production model changed its inputs since:
@@ -71,9 +81,6 @@ def handle_job(
         store.fail(job_id, epoch=claim.epoch, error={"code": error.code, "message": error.message})
         logger.warning("! job %s failed: %s", job_id, error.message, extra={"job_id": job_id})
         return Outcome.FAILED
-    except ServiceUnavailable as error:
-        logger.warning("↻ job %s retry: %s", job_id, error.message, extra={"job_id": job_id})
-        return Outcome.RETRY
     predictions = model.predict(matrix)
     result = [{"prediction": value} for value in predictions]
     written = store.complete(

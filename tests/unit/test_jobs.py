@@ -32,10 +32,10 @@ def claim_job(store: JobStore, job_id: str, owner: str = "worker-a", lease: floa
 def test_create_then_fetch_round_trips_the_record(job_store: JobStore) -> None:
     created = job_store.create(IRIS)
 
-    fetched = job_store.fetch(created.job_id, with_inputs=True)
+    fetched = job_store.fetch(created.id, with_inputs=True)
 
     assert fetched is not None
-    assert uuid.UUID(created.job_id).version == 4
+    assert uuid.UUID(created.id).version == 4
     assert fetched.status is JobStatus.PENDING
     assert fetched.inputs == IRIS
     assert fetched.items == 2
@@ -48,7 +48,7 @@ def test_create_then_fetch_round_trips_the_record(job_store: JobStore) -> None:
 def test_fetch_leaves_inputs_unloaded_unless_asked(job_store: JobStore) -> None:
     created = job_store.create(IRIS)
 
-    fetched = job_store.fetch(created.job_id)
+    fetched = job_store.fetch(created.id)
 
     assert fetched is not None
     assert fetched.inputs is None
@@ -78,7 +78,7 @@ def test_unknown_or_odd_ids_are_simply_unknown(job_store: JobStore, job_id: str)
 
 
 def test_claim_takes_a_pending_job(job_store: JobStore) -> None:
-    job_id = job_store.create(IRIS).job_id
+    job_id = job_store.create(IRIS).id
 
     claim = job_store.claim(job_id, owner="worker-a", lease_seconds=60)
 
@@ -92,7 +92,7 @@ def test_claim_takes_a_pending_job(job_store: JobStore) -> None:
 
 
 def test_second_claim_is_refused_while_the_lease_lives(job_store: JobStore) -> None:
-    job_id = job_store.create(IRIS).job_id
+    job_id = job_store.create(IRIS).id
     claim_job(job_store, job_id, owner="worker-a")
 
     outcome = job_store.claim(job_id, owner="worker-b", lease_seconds=60)
@@ -103,7 +103,7 @@ def test_second_claim_is_refused_while_the_lease_lives(job_store: JobStore) -> N
 
 
 def test_claim_after_the_lease_lapses_fences_out_the_old_worker(job_store: JobStore) -> None:
-    job_id = job_store.create(IRIS).job_id
+    job_id = job_store.create(IRIS).id
     first = claim_job(job_store, job_id, owner="worker-a", lease=TINY_LEASE)
     first_started = job_store.fetch(job_id)
     time.sleep(TINY_LEASE * 2)
@@ -120,7 +120,7 @@ def test_claim_after_the_lease_lapses_fences_out_the_old_worker(job_store: JobSt
 
 
 def test_extend_lease_moves_the_deadline_for_the_holder_only(job_store: JobStore) -> None:
-    job_id = job_store.create(IRIS).job_id
+    job_id = job_store.create(IRIS).id
     claim = claim_job(job_store, job_id, lease=TINY_LEASE)
 
     extended = job_store.extend_lease(job_id, owner="worker-a", epoch=claim.epoch, lease_seconds=60)
@@ -139,7 +139,7 @@ def test_extend_lease_moves_the_deadline_for_the_holder_only(job_store: JobStore
 def test_complete_with_a_stale_epoch_changes_nothing(
     job_store: JobStore, redis_connection: redis.Redis
 ) -> None:
-    job_id = job_store.create(IRIS).job_id
+    job_id = job_store.create(IRIS).id
     stale = claim_job(job_store, job_id, owner="worker-a", lease=TINY_LEASE)
     time.sleep(TINY_LEASE * 2)
     claim_job(job_store, job_id, owner="worker-b")
@@ -155,7 +155,7 @@ def test_complete_with_a_stale_epoch_changes_nothing(
 def test_complete_writes_result_and_success_together_with_a_ttl(
     job_store: JobStore, redis_connection: redis.Redis
 ) -> None:
-    job_id = job_store.create(IRIS).job_id
+    job_id = job_store.create(IRIS).id
     claim = claim_job(job_store, job_id)
 
     completed = job_store.complete(job_id, epoch=claim.epoch, result=PREDICTIONS, model=MODEL)
@@ -172,8 +172,8 @@ def test_complete_writes_result_and_success_together_with_a_ttl(
 
 
 def test_unfinished_jobs_have_no_ttl(job_store: JobStore, redis_connection: redis.Redis) -> None:
-    pending = job_store.create(IRIS).job_id
-    started = job_store.create(IRIS).job_id
+    pending = job_store.create(IRIS).id
+    started = job_store.create(IRIS).id
     claim_job(job_store, started)
 
     ttls = [redis_connection.ttl(job_store.key_for(job_id)) for job_id in (pending, started)]
@@ -184,7 +184,7 @@ def test_unfinished_jobs_have_no_ttl(job_store: JobStore, redis_connection: redi
 def test_fail_by_the_holder_records_the_error(
     job_store: JobStore, redis_connection: redis.Redis
 ) -> None:
-    job_id = job_store.create(IRIS).job_id
+    job_id = job_store.create(IRIS).id
     claim = claim_job(job_store, job_id)
     error = {"code": "prediction_failed", "message": "The model rejected item 1."}
 
@@ -197,7 +197,7 @@ def test_fail_by_the_holder_records_the_error(
 
 
 def test_fail_with_a_stale_epoch_changes_nothing(job_store: JobStore) -> None:
-    job_id = job_store.create(IRIS).job_id
+    job_id = job_store.create(IRIS).id
     claim = claim_job(job_store, job_id)
 
     failed = job_store.fail(job_id, epoch=claim.epoch + 1, error={"code": "x", "message": "y"})
@@ -208,7 +208,7 @@ def test_fail_with_a_stale_epoch_changes_nothing(job_store: JobStore) -> None:
 
 
 def test_fail_without_an_epoch_fails_a_pending_job(job_store: JobStore) -> None:
-    job_id = job_store.create(IRIS).job_id
+    job_id = job_store.create(IRIS).id
     error = {"code": "dead_lettered", "message": "No worker could run the job."}
 
     failed = job_store.fail(job_id, epoch=None, error=error)
@@ -219,7 +219,7 @@ def test_fail_without_an_epoch_fails_a_pending_job(job_store: JobStore) -> None:
 
 
 def finished_job(store: JobStore, status: JobStatus) -> str:
-    job_id = store.create(IRIS).job_id
+    job_id = store.create(IRIS).id
     claim = claim_job(store, job_id)
     if status is JobStatus.SUCCESS:
         assert store.complete(job_id, epoch=claim.epoch, result=PREDICTIONS)
@@ -252,7 +252,7 @@ def test_terminal_jobs_never_change_again(
 
 
 def test_cancel_revokes_a_pending_job(job_store: JobStore, redis_connection: redis.Redis) -> None:
-    job_id = job_store.create(IRIS).job_id
+    job_id = job_store.create(IRIS).id
 
     status = job_store.cancel(job_id)
 
@@ -263,7 +263,7 @@ def test_cancel_revokes_a_pending_job(job_store: JobStore, redis_connection: red
 
 
 def test_cancel_of_a_started_job_stops_its_worker_from_completing(job_store: JobStore) -> None:
-    job_id = job_store.create(IRIS).job_id
+    job_id = job_store.create(IRIS).id
     claim = claim_job(job_store, job_id)
 
     status = job_store.cancel(job_id)
@@ -284,7 +284,7 @@ def test_cancel_leaves_a_successful_job_alone(job_store: JobStore) -> None:
 
 
 def test_public_pending_answer_has_no_result(job_store: JobStore) -> None:
-    job_id = job_store.create(IRIS).job_id
+    job_id = job_store.create(IRIS).id
     job = job_store.fetch(job_id)
     assert job is not None
 
@@ -299,7 +299,7 @@ def test_public_pending_answer_has_no_result(job_store: JobStore) -> None:
 
 
 def test_public_started_answer_has_no_result(job_store: JobStore) -> None:
-    job_id = job_store.create(IRIS).job_id
+    job_id = job_store.create(IRIS).id
     claim_job(job_store, job_id)
     job = job_store.fetch(job_id)
     assert job is not None
@@ -341,7 +341,7 @@ def test_public_failure_answer_carries_the_error(job_store: JobStore) -> None:
 def test_store_works_with_decoded_responses(redis_url: str, redis_connection: redis.Redis) -> None:
     decoded = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5)
     store = JobStore(decoded)
-    job_id = store.create(IRIS).job_id
+    job_id = store.create(IRIS).id
     claim = claim_job(store, job_id)
 
     store.complete(job_id, epoch=claim.epoch, result=PREDICTIONS, model=MODEL)
@@ -357,25 +357,26 @@ def test_store_works_with_decoded_responses(redis_url: str, redis_connection: re
     )
 
 
-def test_ping_answers_and_an_unreachable_redis_raises() -> None:
+def test_an_unreachable_redis_raises_and_reads_as_not_reachable() -> None:
     # No client retries: redis-py's default backoff would stretch this test to seconds.
     nobody = redis.Redis(port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
     store = JobStore(nobody)
 
     with pytest.raises(redis.exceptions.ConnectionError):
-        store.ping()
-    with pytest.raises(redis.exceptions.ConnectionError):
         store.fetch(str(uuid.uuid4()))
+    with pytest.raises(redis.exceptions.ConnectionError):
+        store.create(IRIS)
+    assert store.is_reachable() is False
 
 
-def test_ping_is_true_when_redis_answers(job_store: JobStore) -> None:
-    assert job_store.ping() is True
+def test_is_reachable_when_redis_answers(job_store: JobStore) -> None:
+    assert job_store.is_reachable() is True
 
 
 def test_jobs_live_under_the_prefix(redis_connection: redis.Redis) -> None:
     store = JobStore(redis_connection, prefix="test:")
 
-    job_id = store.create(IRIS).job_id
+    job_id = store.create(IRIS).id
 
     assert store.key_for(job_id) == f"test:job:{job_id}"
     assert redis_connection.keys("*") == [f"test:job:{job_id}".encode()]

@@ -1,0 +1,34 @@
+"""Each function through functions-framework's test client, against the real stack's services."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+from functions_framework import create_app
+
+FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"
+
+MakeClient = Callable[..., FlaskClient]
+
+
+@pytest.fixture
+def function_client(stack_env: dict[str, str]) -> Iterator[MakeClient]:
+    """Build a test client for a function whose process environment is the stack's plus
+    `overrides` (e.g. a Pub/Sub host where nothing listens), for the length of the test.
+
+    The environment stays set while the test runs: the client libraries read it when the
+    function first builds them, on its first request.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in stack_env.items():
+            patch.setenv(key, value)
+
+        def make(name: str, **overrides: str) -> FlaskClient:
+            for key, value in overrides.items():
+                patch.setenv(key, value)
+            return create_app(name, str(FUNCTIONS / name / "main.py")).test_client()
+
+        yield make
