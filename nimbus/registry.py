@@ -95,7 +95,9 @@ def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
 class ModelRegistry:
     """One served model URI: resolves it, loads versions, keeps the production one in memory.
 
-    Thread-safe: concurrent first calls to `production()` load the model once.
+    Thread-safe: concurrent first calls to `production()` load the model once. The served
+    model is one reference (`_current`), so a hot swap can `load()` the new version beside it
+    and replace that reference in one assignment.
     """
 
     def __init__(

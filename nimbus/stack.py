@@ -248,6 +248,9 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        # MLflow's client retries for minutes by default; a request should fail over fast.
+        env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         return env
 
     def urls(self) -> dict[str, str]:

@@ -62,7 +62,9 @@ def test_many_jobs_all_finish_with_the_models_answers(stack: Stack):
         for _ in range(20)
     ]
 
-    results = [wait_for_status(stack.gateway_url, job_id, {"SUCCESS", "FAILURE"}) for job_id in job_ids]
+    results = [
+        wait_for_status(stack.gateway_url, job_id, {"SUCCESS", "FAILURE"}) for job_id in job_ids
+    ]
 
     assert {r["status"] for r in results} == {"SUCCESS"}
     assert all(r["result"] == [{"prediction": 0}, {"prediction": 2}] * 50 for r in results)

@@ -44,7 +44,9 @@ def test_up_serves_restarts_a_dead_worker_and_stops_clean(tmp_path: Path):
     for spec in fields(settings):
         env[spec.metadata["env"]] = str(getattr(settings, spec.name))
     gateway = f"http://127.0.0.1:{settings.port}"
-    ports = [getattr(settings, spec.name) for spec in fields(settings) if spec.name.endswith("port")]
+    ports = [
+        getattr(settings, spec.name) for spec in fields(settings) if spec.name.endswith("port")
+    ]
     state_path = tmp_path / "home" / "stack.json"
     up = subprocess.Popen(
         [sys.executable, "-m", "nimbus.cli", "up"],
@@ -57,9 +59,12 @@ def test_up_serves_restarts_a_dead_worker_and_stops_clean(tmp_path: Path):
         wait_until(lambda: state_path.exists() or up.poll() is not None, 240, "nimbus up")
         assert up.poll() is None, up.stdout.read() if up.stdout else ""
         pids = json.loads(state_path.read_text())["pids"]
-        assert requests.post(f"{gateway}/v1/predict", json=IRIS_SETOSA, timeout=10).json()[
-            "prediction"
-        ] == 0
+        assert (
+            requests.post(f"{gateway}/v1/predict", json=IRIS_SETOSA, timeout=10).json()[
+                "prediction"
+            ]
+            == 0
+        )
 
         os.kill(pids["worker-1"], signal.SIGKILL)
         wait_until(
