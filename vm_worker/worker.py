@@ -182,6 +182,12 @@ class Worker:
         """Pull until `stop()` (or SIGTERM through the entry point); finish in-flight jobs first."""
         from google.cloud import pubsub_v1
 
+        # Load the model before the first job arrives; if the registry is down, jobs wait for it.
+        try:
+            model = self.models.production()
+            logger.info("worker %s serving %s/%s", self.name, model.name, model.version)
+        except NimbusError as error:
+            logger.warning("model not loaded yet: %s", error.message)
         flow_control = pubsub_v1.types.FlowControl(max_messages=self.max_messages)
         scheduler = pubsub_v1.subscriber.scheduler.ThreadScheduler(
             futures.ThreadPoolExecutor(

@@ -27,8 +27,11 @@ import (
 	"syscall"
 	"time"
 
+	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 	"cloud.google.com/go/pubsub/v2/pstest"
 	"github.com/fsouza/fake-gcs-server/fakestorage"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // config is everything the flags decide.
@@ -161,7 +164,33 @@ func newPubsub(addr string) (s *pstest.Server, err error) {
 			err = fmt.Errorf("pubsub listen on %s: %v", addr, r)
 		}
 	}()
-	return pstest.NewServerWithAddress(addr), nil
+	return pstest.NewServerWithAddress(addr, pstest.ServerReactorOption{FuncName: "Seek", Reactor: seekGuard{}}), nil
+}
+
+// seekGuard refuses a Seek to a past time. pstest (v2.9.0) answers one by
+// re-adding the messages published since without their bodies, and the next
+// pull on that subscription dereferences a missing body and crashes the whole
+// process. A Seek to now or later only drops messages (a purge) and passes.
+// Replay will be done differently (see README.md); until then refusing is
+// better than crashing.
+type seekGuard struct{}
+
+func (seekGuard) React(req any) (handled bool, ret any, err error) {
+	r, ok := req.(*pubsubpb.SeekRequest)
+	if !ok {
+		return false, nil, nil
+	}
+	t, ok := r.Target.(*pubsubpb.SeekRequest_Time)
+	if !ok {
+		return false, nil, nil // snapshots: pstest answers Unimplemented itself
+	}
+	if target := t.Time.AsTime(); target.Before(time.Now()) {
+		return true, nil, status.Errorf(codes.FailedPrecondition,
+			"nimbus-emulators: Seek to a past time (%s) is not supported: pstest would lose the message bodies and crash; "+
+				"seek to now or later to purge the subscription, or re-publish the messages to replay them",
+			target.Format(time.RFC3339Nano))
+	}
+	return false, nil, nil
 }
 
 // ensureBucket creates the bucket unless it already exists (with --gcs-root
