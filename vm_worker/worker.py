@@ -23,10 +23,10 @@ from nimbus.jobs import ClaimRefused
 
 if TYPE_CHECKING:
     from google.cloud import pubsub_v1
-    from nimbus.registry import ModelRegistry
 
     from nimbus.config import Settings
     from nimbus.jobs import JobStore
+    from nimbus.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -133,9 +133,9 @@ class Worker:
         import redis
         from google.cloud import pubsub_v1
         from mlflow import MlflowClient
-        from nimbus.registry import ModelRegistry
 
         from nimbus.jobs import JobStore
+        from nimbus.registry import ModelRegistry
 
         connection = redis.Redis.from_url(
             settings.redis_url, socket_timeout=10, socket_connect_timeout=5
