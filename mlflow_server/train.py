@@ -68,10 +68,10 @@ def train_and_register(
     *,
     dataset: str = "iris",
     model_name: str | None = None,
-    alias: str = PRODUCTION_ALIAS,
+    alias: str | None = PRODUCTION_ALIAS,
 ) -> str:
     """Train on `dataset`, register it as `model_name` (default: the dataset's name), move
-    `alias` to the new version and return that version."""
+    `alias` (if any) to the new version and return that version."""
     data = load_dataset(dataset)
     model_name = model_name or dataset
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -120,10 +120,11 @@ def train_and_register(
         mlflow.set_tracking_uri(previous_uri)
 
     version = str(info.registered_model_version)
-    client.set_registered_model_alias(model_name, alias, version)
+    if alias:
+        client.set_registered_model_alias(model_name, alias, version)
     logger.info(
         "registered %s version %s (run %s, %s %.3f) as @%s in %.1fs",
-        model_name, version, run.info.run_id, data.score_name, score, alias,
+        model_name, version, run.info.run_id, data.score_name, score, alias or "-",
         time.monotonic() - started,
     )  # fmt: skip
     return version

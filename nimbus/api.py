@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flask import Request, Response
 
@@ -65,20 +65,55 @@ def health() -> Response:
 
 
 def predict(request: Request, registry: ModelRegistry, settings: Settings) -> Response:
-    """One JSON object of the model's fields in, `{"prediction": ...}` out."""
+    """One JSON object in, one answer out; a JSON list of objects in, a list in the same order.
+
+    `?proba=true` adds class probabilities (classifiers only).
+    """
     body = read_json(request, max_bytes=settings.max_body_bytes)
-    if not isinstance(body, dict):
-        raise BadRequest(
-            "Send one JSON object with the model's input fields, e.g. "
-            '{"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}.'
-        )
+    with_proba = _flag(request, "proba")
     model = registry.production()
-    matrix = model.schema.row_to_matrix(body)
-    (prediction,) = model.predict(matrix)
-    return json_response(
-        {"prediction": prediction, "model": {"name": model.name, "version": model.version}},
-        headers={MODEL_HEADER: f"{model.name}/{model.version}"},
-    )
+    model_body = {"name": model.name, "version": model.version}
+    headers = {MODEL_HEADER: f"{model.name}/{model.version}"}
+    if isinstance(body, dict):
+        matrix = model.schema.row_to_matrix(body)
+    elif isinstance(body, list):
+        if not body:
+            raise ValidationFailed(
+                "The list of rows is empty: send at least one.", code="empty_input"
+            )
+        if len(body) > settings.max_predict_rows:
+            raise PayloadTooLarge(
+                f"{len(body)} rows in one predict request; at most {settings.max_predict_rows} "
+                "are accepted (NIMBUS_MAX_PREDICT_ROWS). Submit larger sets as a batch job "
+                "(POST /v1/batch)."
+            )
+        matrix = model.schema.rows_to_matrix(body)
+    else:
+        example = ", ".join(f'"{name}": ...' for name in model.schema.names)
+        raise BadRequest(
+            f"Send one JSON object with the model's input fields, or a list of them: {{{example}}}."
+        )
+    predictions = model.predict(matrix)
+    answers: list[dict[str, Any]] = [
+        {"prediction": value, "model": model_body} for value in predictions
+    ]
+    if with_proba:
+        for answer, probabilities in zip(answers, model.predict_proba(matrix), strict=True):
+            answer["probabilities"] = probabilities
+    return json_response(answers[0] if isinstance(body, dict) else answers, headers=headers)
+
+
+def _flag(request: Request, name: str) -> bool:
+    """A yes/no query parameter: true/1/yes or false/0/no (absent: false); else a 400."""
+    raw = request.args.get(name)
+    if raw is None:
+        return False
+    value = raw.strip().lower()
+    if value in {"true", "1", "yes"}:
+        return True
+    if value in {"false", "0", "no", ""}:
+        return False
+    raise BadRequest(f"Query parameter {name!r} must be true or false, got {raw[:20]!r}.")
 
 
 def predict_ready(registry: ModelRegistry) -> Response:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
 import sys
 import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 
@@ -62,6 +68,152 @@ def up(port: int | None, workers: int | None) -> None:
         click.echo("stopping...", err=True)
         stack.stop()
         click.echo("stopped.", err=True)
+
+
+@main.group()
+def model() -> None:
+    """Train, promote and list registered models (the local stack's registry by default)."""
+
+
+tracking_option = click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow server; default: the running local stack's, else MLFLOW_TRACKING_URI.",
+)
+
+
+@model.command("train")
+@click.option(
+    "--dataset", type=click.Choice(["iris", "diabetes"]), default="iris", show_default=True
+)
+@click.option("--name", default=None, help="Registered model name (default: the dataset's).")
+@click.option("--alias", default="production", show_default=True, help="Alias to move to it.")
+@click.option("--no-alias", is_flag=True, help="Register the version without moving any alias.")
+@tracking_option
+def model_train(
+    dataset: str, name: str | None, alias: str, no_alias: bool, tracking_uri: str | None
+) -> None:
+    """Train on a dataset bundled with scikit-learn and register a new version."""
+    uri = _tracking_uri(tracking_uri)
+    try:
+        from mlflow_server.train import train_and_register
+    except ImportError as error:
+        raise click.ClickException(
+            f"Training needs the server extra (full mlflow): {error}. Run `make install`."
+        ) from None
+    version = train_and_register(
+        uri, dataset=dataset, model_name=name, alias=None if no_alias else alias
+    )
+    target = "" if no_alias else f" and moved @{alias} to it"
+    click.echo(f"registered {name or dataset} version {version}{target}")
+
+
+@model.command("promote")
+@click.argument("name")
+@click.argument("version")
+@click.option("--alias", default="production", show_default=True)
+@tracking_option
+def model_promote(name: str, version: str, alias: str, tracking_uri: str | None) -> None:
+    """Point NAME@ALIAS at VERSION; every running process serves it within seconds."""
+    from mlflow.exceptions import MlflowException
+
+    client = _mlflow_client(tracking_uri)
+    try:
+        client.get_model_version(name, version)
+    except MlflowException as error:
+        raise click.ClickException(
+            f"No version {version} of model {name!r}: {error.message}"
+        ) from None
+    try:
+        previous = client.get_model_version_by_alias(name, alias).version
+    except MlflowException:
+        previous = None
+    client.set_registered_model_alias(name, alias, version)
+    was = f" (was {previous})" if previous else ""
+    click.echo(f"{name}@{alias} -> version {version}{was}")
+
+
+@model.command("list")
+@click.argument("name", required=False)
+@tracking_option
+def model_list(name: str | None, tracking_uri: str | None) -> None:
+    """Versions and aliases, and which version each running local component serves."""
+    client = _mlflow_client(tracking_uri)
+    names = [name] if name else [m.name for m in client.search_registered_models()]
+    for model_name in names:
+        click.echo(model_name)
+        versions = client.search_model_versions(f"name = '{model_name}'")
+        for version in sorted(versions, key=lambda v: int(v.version), reverse=True):
+            aliases = ", ".join(f"@{alias}" for alias in version.aliases) or "-"
+            click.echo(f"  version {version.version:<5} {aliases:<16} {version.status}")
+    served = _served_locally()
+    if served:
+        click.echo("served by the local stack:")
+        for component, what in served.items():
+            click.echo(f"  {component:<28} {what}")
+
+
+def _local_stack() -> dict[str, Any] | None:
+    """The running local stack's state file (`nimbus up` writes it), if there is one."""
+    path = Path(Settings.from_env().home) / "stack.json"
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return state
+
+
+def _tracking_uri(option: str | None) -> str:
+    """--tracking-uri, else the running local stack's MLflow, else MLFLOW_TRACKING_URI."""
+    if option:
+        return option
+    stack = _local_stack()
+    if stack is not None:
+        # Training writes artifacts straight to the stack's GCS emulator.
+        os.environ.setdefault("STORAGE_EMULATOR_HOST", stack["urls"]["gcs"])
+        return str(stack["urls"]["mlflow"])
+    return Settings.from_env().tracking_uri
+
+
+def _mlflow_client(option: str | None) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=_tracking_uri(option))
+
+
+def _served_locally() -> dict[str, str]:
+    """{component: "name/version"} from the local stack's predict /ready and worker heartbeats."""
+    stack = _local_stack()
+    if stack is None:
+        return {}
+    served: dict[str, str] = {}
+    ready_url = stack["urls"]["predict"] + "/ready"
+    try:
+        with urllib.request.urlopen(ready_url, timeout=5) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        body = json.loads(error.read() or b"{}")
+    except OSError as error:
+        body = {"error": {"message": str(error)}}
+    loaded = body.get("model") or {}
+    served["predict"] = (
+        f"{loaded['name']}/{loaded['version']}" if loaded else f"no model ({body.get('error')})"
+    )
+    import redis
+
+    from nimbus.jobs import JobStore
+
+    try:
+        workers = JobStore(redis.Redis.from_url(stack["urls"]["redis"])).workers()
+    except redis.RedisError as error:
+        served["workers"] = f"unknown (redis: {error})"
+        return served
+    for worker_name, info in sorted(workers.items()):
+        what = info.get("model")
+        served[f"worker {worker_name}"] = (
+            f"{what['name']}/{what['version']}" if what else "no model yet"
+        )
+    return served
 
 
 @main.command("config")

@@ -88,6 +88,13 @@ class Settings:
         default=100_000,
         metadata={"env": "NIMBUS_MAX_BATCH_ITEMS", "doc": "Items accepted in one inline batch."},
     )
+    max_predict_rows: int = field(
+        default=1000,
+        metadata={
+            "env": "NIMBUS_MAX_PREDICT_ROWS",
+            "doc": "Rows accepted in one synchronous predict request (413 beyond).",
+        },
+    )
     max_body_bytes: int = field(
         default=10 * 1024 * 1024,
         metadata={"env": "NIMBUS_MAX_BODY_BYTES", "doc": "Largest request body accepted (413)."},

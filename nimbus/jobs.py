@@ -231,6 +231,21 @@ class JobStore:
             logger.warning("redis unreachable: %s", error)
             return False
 
+    def record_worker(self, name: str, info: dict[str, Any], *, ttl: int) -> None:
+        """A worker's heartbeat (what it serves, when it last said so); gone after `ttl` s."""
+        self.connection.set(f"{self.prefix}worker:{name}", orjson.dumps(info), ex=ttl)
+
+    def workers(self) -> dict[str, dict[str, Any]]:
+        """The live workers' last heartbeats, by worker name."""
+        found: dict[str, dict[str, Any]] = {}
+        pattern = f"{self.prefix}worker:*"
+        for key in self.connection.scan_iter(match=pattern, count=100):
+            raw = self.connection.get(key)
+            if raw is not None:
+                name = (key.decode() if isinstance(key, bytes) else key).split(":", 2)[-1]
+                found[name] = orjson.loads(raw)
+        return found
+
     def create(self, inputs: list[dict[str, Any]], *, job_id: str | None = None) -> Job:
         """Save a new PENDING job; raises Conflict rather than overwrite an existing id."""
         job_id = job_id if job_id is not None else str(uuid.uuid4())

@@ -31,7 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from sklearn.base import is_classifier
 
-from nimbus.errors import ConfigError, ModelUnavailable
+from nimbus.errors import BadRequest, ConfigError, ModelUnavailable
 from nimbus.schema import InputSchema
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,17 @@ class LoadedModel:
         if self.is_classifier:
             return predictions.tolist()
         return predictions.astype(np.float64, copy=False).tolist()
+
+    def predict_proba(self, matrix: np.ndarray) -> list[dict[str, float]]:
+        """Class probabilities per row, keyed by class label; classifiers only."""
+        if not self.is_classifier or not hasattr(self.estimator, "predict_proba"):
+            raise BadRequest(
+                f"Model {self.name!r} version {self.version} is not a classifier with class "
+                "probabilities; drop ?proba=true."
+            )
+        labels = [str(label) for label in np.asarray(self.estimator.classes_).tolist()]
+        probabilities = np.asarray(self.estimator.predict_proba(matrix), dtype=np.float64)
+        return [dict(zip(labels, row, strict=True)) for row in probabilities.tolist()]
 
 
 def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
@@ -160,6 +171,10 @@ class ModelRegistry:
             time.monotonic() - started,
         )  # fmt: skip
         return model
+
+    def current(self) -> LoadedModel | None:
+        """The model being served now, without loading one: None before the first load."""
+        return self._current
 
     def production(self) -> LoadedModel:
         """The served model, resolved and loaded on the first call, then kept in memory."""

@@ -393,6 +393,14 @@ class Stack:
         with contextlib.suppress(OSError):
             self.state_path.unlink()
 
+    def restart(self, name: str) -> None:
+        """Stop one service (if running), start it again and wait until it is ready."""
+        service = self.service(name)
+        service.stop()
+        service.start(self.env(), self.log_dir)
+        service.wait_ready(self.log_dir)
+        self._write_state()
+
     def service(self, name: str) -> Service:
         return next(service for service in self.services if service.name == name)
 

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+HEARTBEAT_SECONDS = 5
+
 
 class Outcome(enum.StrEnum):
     """What became of one delivery; every outcome but RETRY is acked."""
@@ -127,6 +129,7 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._stop = threading.Event()
+        self._last_heartbeat = -float(HEARTBEAT_SECONDS)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Worker:
@@ -209,6 +212,7 @@ class Worker:
         )
         try:
             while not self._stop.wait(0.5):
+                self._heartbeat()
                 if streaming_pull.done():
                     # The stream ended on its own (e.g. the subscription vanished): surface why.
                     streaming_pull.result()
@@ -221,3 +225,18 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _heartbeat(self) -> None:
+        """Tell Redis, every few seconds, that this worker lives and which model it serves."""
+        now = time.monotonic()
+        if now - self._last_heartbeat < HEARTBEAT_SECONDS:
+            return
+        self._last_heartbeat = now
+        current = self.models.current()
+        model = None if current is None else {"name": current.name, "version": current.version}
+        try:
+            self.store.record_worker(
+                self.name, {"model": model, "at": time.time()}, ttl=3 * HEARTBEAT_SECONDS
+            )
+        except Exception as exc:  # a heartbeat never stops the worker
+            logger.warning("heartbeat not recorded: %s", exc)

@@ -79,7 +79,9 @@ def test_every_problem_is_listed_at_once(client):
         (b'{"sepal_length": 1e400}', "application/json", 400, "bad_request"),
         (b"", "application/json", 400, "bad_request"),
         (b"\xff\xfe", "application/json", 400, "bad_request"),
-        (b"[1, 2]", "application/json", 400, "bad_request"),
+        (b'"petals"', "application/json", 400, "bad_request"),
+        (b"[1, 2]", "application/json", 422, "validation_failed"),
+        (b"[]", "application/json", 422, "empty_input"),
         (b"sepal_length=5.1", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
     ],
 )
@@ -101,3 +103,41 @@ def test_wrong_method_and_unknown_path(client):
     error = assert_error(client.get("/v1/predict"), 405, "method_not_allowed")
     assert "POST" in error["message"]
     assert_error(client.get("/nowhere"), 404, "not_found")
+
+
+def test_a_list_of_rows_answers_a_list_in_the_same_order(client):
+    rows = [IRIS_VIRGINICA, IRIS_SETOSA, IRIS_VIRGINICA]
+
+    response = client.post("/v1/predict", json=rows)
+
+    assert response.status_code == 200
+    assert [answer["prediction"] for answer in response.get_json()] == [2, 0, 2]
+    assert response.headers["X-Nimbus-Model"] == "iris/1"
+
+
+def test_rows_beyond_the_limit_are_413(function_client: MakeClient):
+    client = function_client("predict", NIMBUS_MAX_PREDICT_ROWS="2")
+
+    error = assert_error(client.post("/v1/predict", json=[IRIS_SETOSA] * 3), 413)
+
+    assert "/v1/batch" in error["message"]
+
+
+def test_row_problems_name_the_row(client):
+    error = assert_error(client.post("/v1/predict", json=[IRIS_SETOSA, {}]), 422)
+
+    assert {problem["item"] for problem in error["details"]} == {1}
+
+
+def test_proba_adds_class_probabilities(client):
+    response = client.post("/v1/predict?proba=true", json=IRIS_SETOSA)
+
+    body = response.get_json()
+    assert body["prediction"] == 0
+    assert set(body["probabilities"]) == {"0", "1", "2"}
+    assert abs(sum(body["probabilities"].values()) - 1) < 1e-9
+    assert max(body["probabilities"], key=body["probabilities"].get) == "0"
+
+
+def test_a_malformed_proba_flag_is_400(client):
+    assert_error(client.post("/v1/predict?proba=maybe", json=IRIS_SETOSA), 400, "bad_request")
