@@ -13,9 +13,17 @@ One hash per job at `key_for(job_id)`, e.g. `nimbus:job:<uuid4>`:
     result            orjson list of dicts (SUCCESS)
     error             orjson {"code", "message"} (FAILURE)
     model             orjson {"name", "version"} of the model that produced the result
+    model_version     that version as plain text, for the claim script to compare
+    done              items predicted so far (progress)
+    errors            orjson [{"index", "message"}] for items the model rejected (SUCCESS)
+    last_error        orjson {"code", "message"} of the last failed attempt
+    revision          how often a replay re-ran the job with a newer model; reprocessed_at
+    reprocessing      "1" while a SUCCESS job re-runs; its old result stays readable
+    input_uri, output_uri   gs:// locations of a large job's items and predictions
 
-Every state change is one Lua script, so a reader never sees a half-written outcome and two
-workers never both win. Only terminal jobs get a TTL: Redis runs `noeviction`, so unfinished
+Every state change is one Lua script (`nimbus.job_scripts`), so a reader never sees a
+half-written outcome and two workers never both win. `nimbus:pending` indexes jobs not yet
+claimed, by age, for the reconciler; `nimbus:expired:<id>` outlives a finished record. Only terminal jobs get a TTL: Redis runs `noeviction`, so unfinished
 jobs must stay until someone finishes them. Connection errors propagate untouched
 (redis.exceptions.ConnectionError / TimeoutError); callers answer 503.
 """
@@ -23,6 +31,7 @@ jobs must stay until someone finishes them. Connection errors propagate untouche
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +41,7 @@ from typing import Any
 import orjson
 import redis
 
+from nimbus import job_scripts
 from nimbus.errors import Conflict
 
 logger = logging.getLogger(__name__)
@@ -39,84 +49,8 @@ logger = logging.getLogger(__name__)
 KEY_PREFIX = "nimbus:"
 DEFAULT_FINISHED_TTL = 7 * 24 * 3600
 
-# Timestamps come from `TIME` on the server, so lease clocks do not depend on worker clocks.
-# Effects replication (the default since Redis 5) makes TIME safe inside writing scripts.
-_CLOCK = """
-local function clock()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
-local function stamp(seconds) return string.format('%.6f', seconds) end
-"""
-
-# KEYS[1] job; ARGV: inputs, items. Never overwrites: returns false if the id exists.
-_CREATE = (
-    _CLOCK
-    + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local now = stamp(clock())
-redis.call('HSET', KEYS[1], 'status', 'PENDING', 'inputs', ARGV[1], 'items', ARGV[2],
-  'created_at', now, 'updated_at', now, 'attempts', 0, 'epoch', 0)
-return now
-"""
-)
-
-# KEYS[1] job; ARGV: owner, lease seconds. Takes a PENDING job, or a STARTED one whose lease
-# ran out (its worker died); anything else is refused with the reason.
-_CLAIM = (
-    _CLOCK
-    + """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'unknown'} end
-local now = clock()
-if status == 'STARTED' then
-  local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_expires_at') or '0') or 0
-  if lease > now then return {'leased'} end
-elseif status ~= 'PENDING' then
-  return {'finished'}
-end
-local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'status', 'STARTED', 'owner', ARGV[1],
-  'lease_expires_at', stamp(now + tonumber(ARGV[2])), 'updated_at', stamp(now))
-redis.call('HSETNX', KEYS[1], 'started_at', stamp(now))
-return {'claimed', epoch, attempts, redis.call('HGET', KEYS[1], 'inputs') or '[]'}
-"""
-)
-
-# KEYS[1] job; ARGV: owner, epoch, lease seconds. Only the current holder may extend.
-_EXTEND = (
-    _CLOCK
-    + """
-local job = redis.call('HMGET', KEYS[1], 'status', 'owner', 'epoch')
-if job[1] ~= 'STARTED' or job[2] ~= ARGV[1] or job[3] ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'lease_expires_at', stamp(clock() + tonumber(ARGV[3])))
-return 1
-"""
-)
-
-# KEYS[1] job; ARGV: terminal status, epoch ('' = any holder, PENDING too), ttl, then
-# field/value pairs to write. The outcome, the status and the TTL land in one step.
-# Returns false for an unknown job, else {1 if changed, the status after the call}.
-_FINISH = (
-    _CLOCK
-    + """
-local job = redis.call('HMGET', KEYS[1], 'status', 'epoch')
-local status = job[1]
-if not status then return false end
-if ARGV[2] == '' then
-  if status ~= 'PENDING' and status ~= 'STARTED' then return {0, status} end
-elseif status ~= 'STARTED' or job[2] ~= ARGV[2] then
-  return {0, status}
-end
-local now = stamp(clock())
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', now, 'updated_at', now,
-  unpack(ARGV, 4))
-redis.call('HDEL', KEYS[1], 'lease_expires_at')
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return {1, ARGV[1]}
-"""
-)
+# Finished records outlive their TTL as a tombstone this long, to answer "expired".
+TOMBSTONE_SECONDS = 30 * 24 * 3600
 
 
 class JobStatus(StrEnum):
@@ -153,6 +87,7 @@ class Claim:
     epoch: int
     attempts: int
     inputs: list[dict[str, Any]]
+    reprocess: bool = False  # a finished job re-run because the production model changed
 
 
 @dataclass(frozen=True)
@@ -174,6 +109,14 @@ class Job:
     result: list[dict[str, Any]] | None = None
     error: dict[str, Any] | None = None
     model: dict[str, Any] | None = None
+    done: int = 0
+    revision: int = 0
+    reprocessed_at: float | None = None
+    reprocessing: bool = False
+    item_errors: list[dict[str, Any]] | None = None
+    last_error: dict[str, Any] | None = None
+    input_uri: str | None = None
+    output_uri: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -187,11 +130,25 @@ class Job:
             body["result"] = self.result
         if self.status is JobStatus.FAILURE and self.error is not None:
             body["error"] = self.error
+        if self.status is JobStatus.SUCCESS and self.item_errors:
+            body["errors"] = self.item_errors
         if self.model is not None:
             body["model"] = self.model
+        if self.input_uri is not None:
+            body["input_uri"] = self.input_uri
+            body["output_uri"] = self.output_uri
         body["items"] = self.items
+        done = (
+            self.items if self.status is JobStatus.SUCCESS and not self.reprocessing else self.done
+        )
+        body["progress"] = {"done": done, "total": self.items}
         body["attempts"] = self.attempts
-        for name in ("created_at", "updated_at", "started_at", "finished_at"):
+        if self.last_error is not None and not self.is_terminal:
+            body["last_error"] = self.last_error
+        if self.revision or self.reprocessing:
+            body["revision"] = self.revision
+            body["reprocessing"] = self.reprocessing
+        for name in ("created_at", "updated_at", "started_at", "finished_at", "reprocessed_at"):
             seconds = getattr(self, name)
             if seconds is not None:
                 body[name] = _iso8601(seconds)
@@ -214,10 +171,12 @@ class JobStore:
         self.prefix = prefix
         self.finished_ttl = finished_ttl
         # register_script sends EVALSHA and falls back to EVAL once, after a restart or flush.
-        self._create = connection.register_script(_CREATE)
-        self._claim = connection.register_script(_CLAIM)
-        self._extend = connection.register_script(_EXTEND)
-        self._finish = connection.register_script(_FINISH)
+        self._create = connection.register_script(job_scripts.CREATE)
+        self._claim = connection.register_script(job_scripts.CLAIM)
+        self._extend = connection.register_script(job_scripts.EXTEND)
+        self._release = connection.register_script(job_scripts.RELEASE)
+        self._finish = connection.register_script(job_scripts.FINISH)
+        self.pending_key = f"{prefix}pending"
 
     def key_for(self, job_id: str) -> str:
         """The Redis key of a job's hash."""
@@ -246,10 +205,25 @@ class JobStore:
                 found[name] = orjson.loads(raw)
         return found
 
-    def create(self, inputs: list[dict[str, Any]], *, job_id: str | None = None) -> Job:
-        """Save a new PENDING job; raises Conflict rather than overwrite an existing id."""
+    def create(
+        self,
+        inputs: list[dict[str, Any]],
+        *,
+        job_id: str | None = None,
+        input_uri: str | None = None,
+        output_uri: str | None = None,
+    ) -> Job:
+        """Save a new PENDING job; raises Conflict rather than overwrite an existing id.
+
+        A large job names its items by `input_uri` (gs://) instead, with `inputs` empty.
+        """
         job_id = job_id if job_id is not None else str(uuid.uuid4())
-        created = self._create(keys=[self._key(job_id)], args=[orjson.dumps(inputs), len(inputs)])
+        extra: list[str] = []
+        if input_uri is not None:
+            extra = ["input_uri", input_uri, "output_uri", output_uri or ""]
+        created = self._create(
+            keys=self._keys(job_id), args=[_arg(job_id), orjson.dumps(inputs), len(inputs), *extra]
+        )
         if created is None:
             raise Conflict(f"Job {job_id} already exists; submit again without a job id.")
         now = float(_text(created))
@@ -260,6 +234,8 @@ class JobStore:
             updated_at=now,
             items=len(inputs),
             inputs=inputs,
+            input_uri=input_uri,
+            output_uri=output_uri,
         )
 
     def fetch(
@@ -292,24 +268,73 @@ class JobStore:
             result=_json(record.get("result")),
             error=_json(record["error"]),
             model=_json(record["model"]),
+            done=int(record["done"] or 0),
+            revision=int(record["revision"] or 0),
+            reprocessed_at=_float(record["reprocessed_at"]),
+            reprocessing=record["reprocessing"] is not None,
+            item_errors=_json(record["errors"]),
+            last_error=_json(record["last_error"]),
+            input_uri=_text(record["input_uri"]) or None,
+            output_uri=_text(record["output_uri"]) or None,
         )
 
-    def claim(self, job_id: str, *, owner: str, lease_seconds: float) -> Claim | ClaimRefused:
-        """Take a PENDING job, or a STARTED one whose lease expired, for `lease_seconds`."""
+    def is_expired(self, job_id: str) -> bool:
+        """True if the job existed, finished, and its record has since expired."""
+        return bool(self.connection.exists(self._tombstone(job_id)))
+
+    def claim(
+        self,
+        job_id: str,
+        *,
+        owner: str,
+        lease_seconds: float,
+        model_version: str | None = None,
+    ) -> Claim | ClaimRefused:
+        """Take a PENDING job, or a STARTED one whose lease expired, for `lease_seconds`.
+
+        With `model_version` (the version the worker serves), a SUCCESS job whose result came
+        from another version is taken too, to be reprocessed: that is what a replay does.
+        """
         _check_lease(lease_seconds)
-        reply = self._claim(keys=[self._key(job_id)], args=[owner, lease_seconds])
+        reply = self._claim(
+            keys=self._keys(job_id), args=[owner, lease_seconds, model_version or "", _arg(job_id)]
+        )
         verdict = _text(reply[0])
         if verdict != "claimed":
             return ClaimRefused(verdict)
-        _, epoch, attempts, inputs = reply
+        _, epoch, attempts, inputs, reprocess = reply
         return Claim(
-            job_id=job_id, epoch=int(epoch), attempts=int(attempts), inputs=orjson.loads(inputs)
+            job_id=job_id,
+            epoch=int(epoch),
+            attempts=int(attempts),
+            inputs=orjson.loads(inputs),
+            reprocess=bool(int(reprocess)),
         )
 
-    def extend_lease(self, job_id: str, *, owner: str, epoch: int, lease_seconds: float) -> bool:
-        """Push the lease `lease_seconds` past now; False if the job is no longer ours."""
+    def extend_lease(
+        self,
+        job_id: str,
+        *,
+        owner: str,
+        epoch: int,
+        lease_seconds: float,
+        done: int | None = None,
+    ) -> bool:
+        """Push the lease `lease_seconds` past now and record progress; False if the job is no
+        longer ours (revoked, or taken over after our lease ran out): stop working on it."""
         _check_lease(lease_seconds)
-        return bool(self._extend(keys=[self._key(job_id)], args=[owner, epoch, lease_seconds]))
+        args: list[str | int | float] = [owner, epoch, lease_seconds, "" if done is None else done]
+        return bool(self._extend(keys=self._keys(job_id), args=args))
+
+    def release(
+        self, job_id: str, *, owner: str, epoch: int, error: dict[str, Any] | None = None
+    ) -> bool:
+        """Give a held job back after a failed attempt so its redelivery can claim it at once;
+        `error` is kept as the job's last_error."""
+        fields: list[str | bytes] = [] if error is None else ["last_error", orjson.dumps(error)]
+        return bool(
+            self._release(keys=self._keys(job_id), args=[owner, epoch, _arg(job_id), *fields])
+        )
 
     def complete(
         self,
@@ -318,11 +343,17 @@ class JobStore:
         epoch: int,
         result: list[dict[str, Any]],
         model: dict[str, Any] | None = None,
+        item_errors: list[dict[str, Any]] | None = None,
     ) -> bool:
-        """Write the result and SUCCESS together; False (nothing written) if `epoch` is stale."""
-        fields: list[str | bytes] = ["result", orjson.dumps(result)]
+        """Write the result and SUCCESS together; False (nothing written) if `epoch` is stale.
+
+        For a job being reprocessed, the new result replaces the old one and `revision` goes up.
+        """
+        fields: list[str | bytes] = ["result", orjson.dumps(result), "done", str(len(result))]
         if model is not None:
-            fields += ["model", orjson.dumps(model)]
+            fields += ["model", orjson.dumps(model), "model_version", str(model["version"])]
+        if item_errors:
+            fields += ["errors", orjson.dumps(item_errors)]
         changed, _ = self._finish_job(job_id, JobStatus.SUCCESS, epoch, fields)
         return changed
 
@@ -338,6 +369,32 @@ class JobStore:
         _, status = self._finish_job(job_id, JobStatus.REVOKED, None, [])
         return status
 
+    def pending_before(self, seconds_ago: float) -> list[str]:
+        """Ids of jobs still waiting for a first claim that were queued over `seconds_ago`."""
+        now_seconds, now_micros = self.connection.time()
+        cutoff = now_seconds + now_micros / 1e6 - seconds_ago
+        return [
+            _text(job_id)
+            for job_id in self.connection.zrangebyscore(self.pending_key, "-inf", cutoff)
+        ]
+
+    def requeued(self, job_id: str) -> int:
+        """Note that a job's message was published again; how often that has happened."""
+        pipe = self.connection.pipeline()
+        pipe.hincrby(self._key(job_id), "republished", 1)
+        pipe.zadd(self.pending_key, {_arg(job_id): float(time.time())})
+        count, _ = pipe.execute()
+        return int(count)
+
+    def eviction_policy(self) -> str | None:
+        """The server's maxmemory-policy, or None where CONFIG is not allowed (Memorystore)."""
+        try:
+            reply = self.connection.config_get("maxmemory-policy")
+        except redis.exceptions.ResponseError:
+            return None
+        policy = reply.get("maxmemory-policy") or reply.get(b"maxmemory-policy")  # type: ignore[call-overload]
+        return None if policy is None else str(_text(policy))
+
     def _finish_job(
         self,
         job_id: str,
@@ -345,16 +402,29 @@ class JobStore:
         epoch: int | None,
         fields: list[str | bytes],
     ) -> tuple[bool, JobStatus | None]:
-        args = [status.value, "" if epoch is None else epoch, self.finished_ttl, *fields]
-        reply = self._finish(keys=[self._key(job_id)], args=args)
+        args = [
+            status.value,
+            "" if epoch is None else epoch,
+            self.finished_ttl,
+            _arg(job_id),
+            *fields,
+        ]
+        reply = self._finish(keys=self._keys(job_id), args=args)
         if reply is None:
             return False, None
         return bool(reply[0]), JobStatus(_text(reply[1]))
 
+    def _keys(self, job_id: str) -> list[bytes | str]:
+        """KEYS for every script: the job, the pending index, the expiry tombstone."""
+        return [self._key(job_id), self.pending_key, self._tombstone(job_id)]
+
+    def _tombstone(self, job_id: str) -> bytes:
+        return _arg(f"{self.prefix}expired:{job_id}")
+
     def _key(self, job_id: str) -> bytes:
         # Ids arrive from URLs and the CLI; surrogatepass keeps an odd one from raising
         # UnicodeEncodeError, so it is simply an unknown job.
-        return self.key_for(job_id).encode("utf-8", "surrogatepass")
+        return _arg(self.key_for(job_id))
 
 
 _SMALL_FIELDS = (
@@ -370,7 +440,20 @@ _SMALL_FIELDS = (
     "lease_expires_at",
     "error",
     "model",
+    "done",
+    "revision",
+    "reprocessed_at",
+    "reprocessing",
+    "errors",
+    "last_error",
+    "input_uri",
+    "output_uri",
 )
+
+
+def _arg(job_id: str) -> bytes:
+    # Ids arrive from URLs and the CLI; surrogatepass keeps an odd one from raising.
+    return job_id.encode("utf-8", "surrogatepass")
 
 
 def _check_lease(lease_seconds: float) -> None:

@@ -1,0 +1,157 @@
+"""The job store's Lua scripts: every state change of a job is one of these, run atomically.
+
+KEYS are always (job hash, pending index, expiry tombstone). Timestamps come from `TIME` on
+the server, so lease clocks do not depend on worker clocks; effects replication (the default
+since Redis 5) makes TIME safe inside writing scripts.
+"""
+
+from __future__ import annotations
+
+_CLOCK = """
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function stamp(seconds) return string.format('%.6f', seconds) end
+"""
+
+# ARGV: job id, inputs, items, then field/value pairs (input_uri, output_uri). Never
+# overwrites: false if the id exists. The pending index lets a reconciler find jobs whose
+# message was lost.
+CREATE = (
+    _CLOCK
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local now = clock()
+redis.call('HSET', KEYS[1], 'status', 'PENDING', 'inputs', ARGV[2], 'items', ARGV[3],
+  'created_at', stamp(now), 'updated_at', stamp(now), 'attempts', 0, 'epoch', 0, 'done', 0,
+  'revision', 0, unpack(ARGV, 4))
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+return stamp(now)
+"""
+)
+
+# ARGV: owner, lease seconds, the version the claiming worker serves ('' = none), job id.
+# Takes a PENDING job, a STARTED one whose lease ran out (its worker died), or - to reprocess
+# it - a SUCCESS job whose result came from another model version than the one served now.
+# Anything else is refused with the reason.
+CLAIM = (
+    _CLOCK
+    + """
+local job = redis.call('HMGET', KEYS[1], 'status', 'lease_expires_at', 'model_version')
+local status = job[1]
+if not status then return {'unknown'} end
+local now = clock()
+local lease = tonumber(job[2] or '0') or 0
+local reprocess = 0
+if status == 'STARTED' then
+  if lease > now then return {'leased'} end
+elseif status == 'SUCCESS' then
+  if ARGV[3] == '' or job[3] == ARGV[3] then return {'finished'} end
+  if lease > now then return {'leased'} end
+  reprocess = 1
+elseif status ~= 'PENDING' then
+  return {'finished'}
+end
+local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'lease_expires_at', stamp(now + tonumber(ARGV[2])),
+  'updated_at', stamp(now))
+if reprocess == 1 then
+  -- The old result stays readable until the new one replaces it; no expiry meanwhile.
+  redis.call('HSET', KEYS[1], 'reprocessing', '1')
+  redis.call('PERSIST', KEYS[1])
+else
+  redis.call('HSET', KEYS[1], 'status', 'STARTED', 'done', 0)
+  redis.call('HSETNX', KEYS[1], 'started_at', stamp(now))
+end
+redis.call('ZREM', KEYS[2], ARGV[4])
+return {'claimed', epoch, attempts, redis.call('HGET', KEYS[1], 'inputs') or '[]', reprocess}
+"""
+)
+
+# Is the job held by (owner, epoch)? STARTED, or SUCCESS while being reprocessed.
+_HELD = """
+local function held(owner, epoch)
+  local job = redis.call('HMGET', KEYS[1], 'status', 'owner', 'epoch', 'reprocessing')
+  if job[2] ~= owner or job[3] ~= epoch then return false end
+  return job[1] == 'STARTED' or (job[1] == 'SUCCESS' and job[4] == '1')
+end
+"""
+
+# ARGV: owner, epoch, lease seconds, items done ('' = unchanged). Only the current holder may
+# extend; 0 tells a worker its job was revoked or taken over, so it stops.
+EXTEND = (
+    _CLOCK
+    + _HELD
+    + """
+if not held(ARGV[1], ARGV[2]) then return 0 end
+local now = clock()
+redis.call('HSET', KEYS[1], 'lease_expires_at', stamp(now + tonumber(ARGV[3])))
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'done', ARGV[4], 'updated_at', stamp(now)) end
+return 1
+"""
+)
+
+# ARGV: owner, epoch, job id, then field/value pairs (last_error). The holder gives a job back after a
+# failed attempt, so the next delivery can claim it at once instead of waiting for the lease.
+RELEASE = (
+    _CLOCK
+    + _HELD
+    + """
+if not held(ARGV[1], ARGV[2]) then return 0 end
+local now = clock()
+redis.call('HDEL', KEYS[1], 'lease_expires_at')
+redis.call('HSET', KEYS[1], 'updated_at', stamp(now), unpack(ARGV, 4))
+if redis.call('HGET', KEYS[1], 'reprocessing') == '1' then
+  redis.call('HDEL', KEYS[1], 'reprocessing')
+  redis.call('EXPIRE', KEYS[1], redis.call('HGET', KEYS[1], 'ttl') or 604800)
+else
+  redis.call('HSET', KEYS[1], 'status', 'PENDING')
+  redis.call('ZADD', KEYS[2], now, ARGV[3])
+end
+return 1
+"""
+)
+
+# ARGV: terminal status, epoch ('' = whoever holds it, PENDING too), ttl, job id, then
+# field/value pairs to write. The outcome, the status and the TTL land in one step; a
+# reprocessed job's new result replaces the old one and bumps `revision`. Returns false for
+# an unknown job, else {1 if changed, the status after the call}.
+FINISH = (
+    _CLOCK
+    + """
+local job = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'reprocessing')
+local status = job[1]
+if not status then return false end
+local reprocessing = job[3] == '1'
+if ARGV[2] == '' then
+  if status ~= 'PENDING' and status ~= 'STARTED' then return {0, status} end
+elseif job[2] ~= ARGV[2] or (status ~= 'STARTED' and not reprocessing) then
+  return {0, status}
+end
+local now = stamp(clock())
+local final = ARGV[1]
+if reprocessing and ARGV[2] ~= '' then
+  redis.call('HDEL', KEYS[1], 'reprocessing')
+  if final == 'SUCCESS' then
+    redis.call('HSET', KEYS[1], 'reprocessed_at', now, 'updated_at', now, unpack(ARGV, 5))
+    redis.call('HINCRBY', KEYS[1], 'revision', 1)
+  else
+    -- A failed re-run keeps the result the job already had.
+    final = status
+    redis.call('HSET', KEYS[1], 'updated_at', now)
+  end
+else
+  redis.call('HSET', KEYS[1], 'status', final, 'finished_at', now, 'updated_at', now,
+    unpack(ARGV, 5))
+end
+redis.call('HDEL', KEYS[1], 'lease_expires_at')
+redis.call('HSET', KEYS[1], 'ttl', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('ZREM', KEYS[2], ARGV[4])
+-- Outlives the record by 30 days, so an expired id can say so instead of a bare 404.
+redis.call('SET', KEYS[3], now, 'EX', tonumber(ARGV[3]) + 2592000)
+return {1, final}
+"""
+)
