@@ -18,6 +18,7 @@ help:
 	@echo "make test     install what is missing, lint, then run every test"
 	@echo "make lint     ruff, ruff format --check, mypy, go vet"
 	@echo "make clean    remove the venv, built programs and local state (.nimbus/)"
+	@echo "make bench    Nimbus vs mlflow models serve vs the floor (BENCH_ARGS=--quick: ~2 min)"
 
 run: install
 	$(BIN)/nimbus up
@@ -45,6 +46,18 @@ redis:
 	  echo "installing redis-server (Debian package)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+
+# The side-by-side benchmark (bench/README.md): its own stack on free ports, about 8 minutes.
+bench: install wrk
+	$(UV) sync --frozen --all-extras --group bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The load generator: Debian's wrk, installed once when missing.
+wrk:
+	@command -v wrk >/dev/null || { \
+	  echo "installing wrk (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk >/dev/null; }
 
 lint: $(VENV)/.synced
 	$(BIN)/ruff check .

@@ -15,6 +15,7 @@ from flask import Request, Response
 
 from nimbus.errors import (
     BadRequest,
+    Conflict,
     MethodNotAllowed,
     NimbusError,
     NotFound,
@@ -23,6 +24,7 @@ from nimbus.errors import (
     ValidationFailed,
 )
 from nimbus.http import HEALTH_BODY, answers_errors, json_response, read_json
+from nimbus.jobs import JobStatus
 
 if TYPE_CHECKING:
     from nimbus.bus import JobBus
@@ -117,15 +119,19 @@ def _flag(request: Request, name: str) -> bool:
 
 
 def predict_ready(registry: ModelRegistry) -> Response:
-    """200 once the production model is loaded (loading it if need be), 503 with why not."""
+    """200 once the production model is loaded (loading it if need be), 503 with why not.
+
+    The body adds the registry's state (`ModelRegistry.status()`): a model served from memory
+    while the registry is unreachable, or while the version the alias names fails to load,
+    is still ready, and says so.
+    """
     try:
         model = registry.production()
     except NimbusError as error:
-        return json_response({"status": "unready", **error.to_body()}, 503)
-    return json_response(
-        {"status": "ready", "model": {"name": model.name, "version": model.version}},
-        headers={MODEL_HEADER: f"{model.name}/{model.version}"},
-    )
+        return json_response({"status": "unready", **error.to_body(), **registry.status()}, 503)
+    body = {"status": "ready", **registry.status()}
+    body["model"] = {"name": model.name, "version": model.version}  # the one the header names
+    return json_response(body, headers={MODEL_HEADER: f"{model.name}/{model.version}"})
 
 
 # -- batch ------------------------------------------------------------------------------------
@@ -147,7 +153,7 @@ def submit_batch(
     if len(items) > settings.max_batch_items:
         raise PayloadTooLarge(
             f"The batch has {len(items)} items; at most {settings.max_batch_items} are accepted "
-            "in one request (NIMBUS_MAX_BATCH_ITEMS). Split it into several jobs."
+            "inline (NIMBUS_MAX_BATCH_ITEMS). Split it into several jobs."
         )
     registry.production_schema().rows_to_matrix(items)
     job = store.create(items)
@@ -179,17 +185,82 @@ def submit_ready(store: JobStore, bus: JobBus) -> Response:
     return json_response({"status": "ready"})
 
 
-def batch_status(job_id: str, store: JobStore) -> Response:
-    """The job's record as the caller may see it; 404 for an id that is not a job."""
+def batch_status(request: Request, job_id: str, store: JobStore, settings: Settings) -> Response:
+    """The job's record as the caller may see it; a long result comes a page at a time
+    (`?offset=&limit=`); 404 for an id that is not a job, saying so if it expired."""
+    _require_job_id(job_id)
+    offset = _int_arg(request, "offset", 0, maximum=None)
+    limit = _int_arg(
+        request, "limit", settings.result_page_items, maximum=settings.result_page_items
+    )
+    job = store.fetch(job_id)
+    if job is None:
+        raise _job_not_found(job_id, store)
+    body = job.to_public()
+    result = body.get("result")
+    if result is not None and (offset or len(result) > limit):
+        body["result"] = result[offset : offset + limit]
+        following = offset + limit
+        body["page"] = {
+            "offset": offset,
+            "limit": limit,
+            "total": len(result),
+            "next": f"/v1/batch/{job_id}?offset={following}&limit={limit}"
+            if following < len(result)
+            else None,
+        }
+    return json_response(body)
+
+
+def cancel_batch(job_id: str, store: JobStore) -> Response:
+    """DELETE /v1/batch/<id>: revoke a job that has not finished; 409 if it has."""
+    _require_job_id(job_id)
+    status = store.cancel(job_id)
+    if status is None:
+        raise _job_not_found(job_id, store)
+    if status is not JobStatus.REVOKED:
+        raise Conflict(
+            f"Job {job_id} already finished ({status.value}); only PENDING or STARTED jobs "
+            "can be cancelled.",
+            code="job_finished",
+        )
+    logger.info("job %s revoked", job_id, extra={"job_id": job_id})
+    return json_response({"job_id": job_id, "status": status.value})
+
+
+def _require_job_id(job_id: str) -> None:
     if not _is_job_id(job_id):
         raise NotFound(
             f"No job {job_id[:64]!r}: job ids are the UUIDs that POST /v1/batch answers.",
             code="job_not_found",
         )
-    job = store.fetch(job_id)
-    if job is None:
-        raise NotFound(f"No job {job_id}: it was never submitted here.", code="job_not_found")
-    return json_response(job.to_public())
+
+
+def _job_not_found(job_id: str, store: JobStore) -> NotFound:
+    if store.is_expired(job_id):
+        return NotFound(
+            f"Job {job_id} finished and has expired: finished jobs are kept for "
+            f"{store.finished_ttl // 3600} hours (NIMBUS_FINISHED_TTL).",
+            code="job_expired",
+        )
+    return NotFound(f"No job {job_id}: it was never submitted here.", code="job_not_found")
+
+
+def _int_arg(request: Request, name: str, default: int, *, maximum: int | None) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(
+            f"Query parameter {name!r} must be an integer, got {raw[:20]!r}."
+        ) from None
+    low = 1 if name == "limit" else 0
+    if value < low or (maximum is not None and value > maximum):
+        bound = f"between {low} and {maximum}" if maximum is not None else f"at least {low}"
+        raise BadRequest(f"Query parameter {name!r} must be {bound}, got {value}.")
+    return value
 
 
 def status_ready(store: JobStore) -> Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from concurrent import futures
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -80,30 +80,62 @@ def new_publisher() -> pubsub_v1.PublisherClient:
     return pubsub_v1.PublisherClient(batch_settings=batch)
 
 
+RETAIN_ACKED_SECONDS = 7 * 24 * 3600  # how far back a replay (seek) can reach
+
+
+def worker_subscription(settings: Settings) -> dict[str, Any]:
+    """The worker's pull subscription, as the code relies on it: retries back off, the last
+    failed attempt goes to the dead-letter topic, acked messages stay for replays."""
+    return {
+        "name": settings.subscription_path,
+        "topic": settings.topic_path,
+        "ack_deadline_seconds": ACK_DEADLINE_SECONDS,
+        "retain_acked_messages": True,
+        "message_retention_duration": _duration(RETAIN_ACKED_SECONDS),
+        "retry_policy": {
+            "minimum_backoff": _duration(settings.retry_min_backoff),
+            "maximum_backoff": _duration(settings.retry_max_backoff),
+        },
+        "dead_letter_policy": {
+            "dead_letter_topic": settings.dead_letter_topic_path,
+            "max_delivery_attempts": settings.max_delivery_attempts,
+        },
+    }
+
+
 def ensure_topology(settings: Settings) -> None:
-    """Create the jobs topic and the worker's pull subscription when missing (idempotent)."""
+    """Create the topics and subscriptions the code expects when missing (idempotent)."""
     from google.api_core.exceptions import AlreadyExists
     from google.cloud import pubsub_v1
 
     publisher = pubsub_v1.PublisherClient()
     subscriber = pubsub_v1.SubscriberClient()
+    subscriptions = [
+        {
+            "name": settings.dead_letter_subscription_path,
+            "topic": settings.dead_letter_topic_path,
+            "ack_deadline_seconds": ACK_DEADLINE_SECONDS,
+        },
+        worker_subscription(settings),
+    ]
     try:
-        try:
-            publisher.create_topic(request={"name": settings.topic_path})
-            logger.info("created topic %s", settings.topic_path)
-        except AlreadyExists:
-            pass
-        try:
-            subscriber.create_subscription(
-                request={
-                    "name": settings.subscription_path,
-                    "topic": settings.topic_path,
-                    "ack_deadline_seconds": ACK_DEADLINE_SECONDS,
-                }
-            )
-            logger.info("created subscription %s", settings.subscription_path)
-        except AlreadyExists:
-            pass
+        for topic in (settings.topic_path, settings.dead_letter_topic_path):
+            try:
+                publisher.create_topic(request={"name": topic})
+                logger.info("created topic %s", topic)
+            except AlreadyExists:
+                pass
+        for subscription in subscriptions:
+            try:
+                subscriber.create_subscription(request=subscription)
+                logger.info("created subscription %s", subscription["name"])
+            except AlreadyExists:
+                pass
     finally:
         subscriber.close()
         publisher.transport.close()
+
+
+def _duration(seconds: float) -> dict[str, int]:
+    whole = int(seconds)
+    return {"seconds": whole, "nanos": round((seconds - whole) * 1e9)}

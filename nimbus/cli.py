@@ -163,14 +163,22 @@ def _local_stack() -> dict[str, Any] | None:
     return state
 
 
+def _adopt_local_stack() -> dict[str, Any] | None:
+    """Point the client libraries at the running local stack's emulators, unless the
+    environment already points them somewhere (a deployed stack)."""
+    stack = _local_stack()
+    if stack is not None:
+        os.environ.setdefault("STORAGE_EMULATOR_HOST", stack["urls"]["gcs"])
+        os.environ.setdefault("PUBSUB_EMULATOR_HOST", stack["urls"]["pubsub"])
+    return stack
+
+
 def _tracking_uri(option: str | None) -> str:
     """--tracking-uri, else the running local stack's MLflow, else MLFLOW_TRACKING_URI."""
     if option:
         return option
-    stack = _local_stack()
+    stack = _adopt_local_stack()
     if stack is not None:
-        # Training writes artifacts straight to the stack's GCS emulator.
-        os.environ.setdefault("STORAGE_EMULATOR_HOST", stack["urls"]["gcs"])
         return str(stack["urls"]["mlflow"])
     return Settings.from_env().tracking_uri
 
@@ -214,6 +222,66 @@ def _served_locally() -> dict[str, str]:
             f"{what['name']}/{what['version']}" if what else "no model yet"
         )
     return served
+
+
+@main.command()
+@click.argument("job_ids", nargs=-1)
+@click.option(
+    "--since", default=None, help="Replay every job published this long ago or later: 30m, 2h, 7d."
+)
+def replay(job_ids: tuple[str, ...], since: str | None) -> None:
+    """Reprocess jobs: `--since 2h` seeks the worker subscription back, or name JOB_IDS.
+
+    A replayed job runs again only if the production model is now another version than the
+    one that produced its result; otherwise the replay is a no-op.
+    """
+    if bool(job_ids) == bool(since):
+        raise click.UsageError("Give either --since DURATION or one or more JOB_IDS.")
+    _adopt_local_stack()
+    settings = Settings.from_env()
+    if since:
+        from datetime import UTC, datetime, timedelta
+
+        from google.cloud import pubsub_v1
+
+        moment = datetime.now(UTC) - timedelta(seconds=_seconds(since))
+        subscriber = pubsub_v1.SubscriberClient()
+        try:
+            subscriber.seek(request={"subscription": settings.subscription_path, "time": moment})
+        finally:
+            subscriber.close()
+        click.echo(
+            f"{settings.subscription_path}: replaying messages since {moment:%Y-%m-%d %H:%M:%S} UTC"
+        )
+        return
+    from nimbus.bus import JobBus, new_publisher
+    from nimbus.errors import ServiceUnavailable
+
+    bus = JobBus(new_publisher(), settings.topic_path, timeout=settings.publish_timeout)
+    failed = 0
+    for job_id in job_ids:
+        try:
+            bus.publish_job(job_id, replay="1")
+            click.echo(f"{job_id}: republished")
+        except ServiceUnavailable as error:
+            failed += 1
+            click.echo(f"{job_id}: {error.message}", err=True)
+    if failed:
+        sys.exit(1)
+
+
+def _seconds(duration: str) -> float:
+    """'90s', '30m', '2h', '7d' as seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = duration.strip().lower()
+    try:
+        value = float(text[:-1]) if text[-1:] in units else float(text)
+    except ValueError:
+        raise click.BadParameter(f"{duration!r} is not a duration like 30m, 2h or 7d.") from None
+    seconds = value * units.get(text[-1:], 1)
+    if seconds <= 0:
+        raise click.BadParameter(f"{duration!r} must be positive.")
+    return seconds
 
 
 @main.command("config")

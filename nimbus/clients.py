@@ -44,7 +44,7 @@ class Clients:
     def job_store(self) -> JobStore:
         from nimbus.jobs import JobStore
 
-        return JobStore(self.redis)
+        return JobStore(self.redis, finished_ttl=self.settings.finished_ttl)
 
     @cached_property
     def job_bus(self) -> JobBus:
@@ -61,4 +61,9 @@ class Clients:
         from nimbus.registry import ModelRegistry
 
         client = MlflowClient(tracking_uri=self.settings.tracking_uri)
-        return ModelRegistry(client, self.settings.model_uri, cache_dir=self.settings.cache_path())
+        return ModelRegistry(
+            client,
+            self.settings.model_uri,
+            cache_dir=self.settings.cache_path(),
+            refresh_seconds=self.settings.model_refresh_seconds,
+        )

@@ -84,6 +84,14 @@ class Settings:
             "doc": "Local artifact cache; empty means a temporary folder per process.",
         },
     )
+    model_refresh_seconds: float = field(
+        default=2.0,
+        metadata={
+            "env": "NIMBUS_MODEL_REFRESH_SECONDS",
+            "doc": "Seconds between checks of the model alias in each process; a promoted "
+            "version is served within this plus its load time.",
+        },
+    )
     max_batch_items: int = field(
         default=100_000,
         metadata={"env": "NIMBUS_MAX_BATCH_ITEMS", "doc": "Items accepted in one inline batch."},
@@ -133,6 +141,66 @@ class Settings:
         metadata={
             "env": "NIMBUS_ARTIFACT_ROOT",
             "doc": "Where the MLflow server puts model artifacts (a GCS bucket).",
+        },
+    )
+    dead_letter_topic: str = field(
+        default="nimbus-jobs-dead",
+        metadata={
+            "env": "NIMBUS_DEAD_LETTER_TOPIC",
+            "doc": "Where Pub/Sub moves a job after its last failed delivery attempt.",
+        },
+    )
+    dead_letter_subscription: str = field(
+        default="nimbus-jobs-dead-worker",
+        metadata={
+            "env": "NIMBUS_DEAD_LETTER_SUBSCRIPTION",
+            "doc": "The worker's subscription to the dead-letter topic; it records FAILURE.",
+        },
+    )
+    max_delivery_attempts: int = field(
+        default=5,
+        metadata={
+            "env": "NIMBUS_MAX_DELIVERY_ATTEMPTS",
+            "doc": "Delivery attempts before a job is dead-lettered (Pub/Sub allows 5-100).",
+        },
+    )
+    retry_min_backoff: float = field(
+        default=10.0,
+        metadata={
+            "env": "NIMBUS_RETRY_MIN_BACKOFF",
+            "doc": "Seconds before a failed job is delivered again (doubles up to the max).",
+        },
+    )
+    retry_max_backoff: float = field(
+        default=600.0,
+        metadata={"env": "NIMBUS_RETRY_MAX_BACKOFF", "doc": "Longest wait between attempts."},
+    )
+    chunk_rows: int = field(
+        default=10_000,
+        metadata={
+            "env": "NIMBUS_CHUNK_ROWS",
+            "doc": "Items the worker predicts per call; progress and cancel act per chunk.",
+        },
+    )
+    reconcile_after: float = field(
+        default=120.0,
+        metadata={
+            "env": "NIMBUS_RECONCILE_AFTER",
+            "doc": "Seconds a job may stay PENDING before the reconciler publishes it again.",
+        },
+    )
+    finished_ttl: int = field(
+        default=7 * 24 * 3600,
+        metadata={
+            "env": "NIMBUS_FINISHED_TTL",
+            "doc": "Seconds a finished job's record is kept (only finished jobs expire).",
+        },
+    )
+    result_page_items: int = field(
+        default=10_000,
+        metadata={
+            "env": "NIMBUS_RESULT_PAGE_ITEMS",
+            "doc": "Result items per GET /v1/batch/<id> page (`?offset=&limit=`).",
         },
     )
     log_level: str = field(
@@ -232,6 +300,14 @@ class Settings:
     @property
     def subscription_path(self) -> str:
         return f"projects/{self.project}/subscriptions/{self.jobs_subscription}"
+
+    @property
+    def dead_letter_topic_path(self) -> str:
+        return f"projects/{self.project}/topics/{self.dead_letter_topic}"
+
+    @property
+    def dead_letter_subscription_path(self) -> str:
+        return f"projects/{self.project}/subscriptions/{self.dead_letter_subscription}"
 
     @property
     def model_name(self) -> str:

@@ -93,7 +93,7 @@ return 1
 """
 )
 
-# ARGV: owner, epoch, job id, then field/value pairs (last_error). The holder gives a job back after a
+# ARGV: owner, epoch, job id (unused), then field/value pairs (last_error). The holder gives a job back after a
 # failed attempt, so the next delivery can claim it at once instead of waiting for the lease.
 RELEASE = (
     _CLOCK
@@ -107,8 +107,8 @@ if redis.call('HGET', KEYS[1], 'reprocessing') == '1' then
   redis.call('HDEL', KEYS[1], 'reprocessing')
   redis.call('EXPIRE', KEYS[1], redis.call('HGET', KEYS[1], 'ttl') or 604800)
 else
+  -- Not back into the pending index: the nacked message is still alive and will come back.
   redis.call('HSET', KEYS[1], 'status', 'PENDING')
-  redis.call('ZADD', KEYS[2], now, ARGV[3])
 end
 return 1
 """

@@ -8,6 +8,10 @@ already holds the version loads it without touching the registry's artifact stor
 Artifacts are read from the version's storage location (`gs://...`) directly, as the tracking
 server runs with `--no-serve-artifacts`; the client passed in is the only registry connection,
 so nothing here depends on MLflow's global tracking URI.
+
+`production()` follows the alias: a background watcher (`nimbus.model_watch`) swaps in the
+version it names within `refresh_seconds` plus a load, without a restart or a failed request.
+Methods here raise without logging; the watcher logs a failure once, not on every check.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -37,6 +40,11 @@ from nimbus.schema import InputSchema
 logger = logging.getLogger(__name__)
 
 MLMODEL_FILE = "MLmodel"
+DEFAULT_REFRESH_SECONDS = 2.0
+
+
+class RegistryUnreachable(ModelUnavailable):
+    """The registry did not answer an alias lookup, or answered with an error."""
 
 
 @dataclass(frozen=True)
@@ -104,16 +112,27 @@ def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
 
 
 class ModelRegistry:
-    """One served model URI: resolves it, loads versions, keeps the production one in memory.
+    """One served model URI: resolves it, loads versions, keeps the production one in memory
+    and on the version the alias names.
 
-    Thread-safe: concurrent first calls to `production()` load the model once. The served
-    model is one reference (`_current`), so a hot swap can `load()` the new version beside it
-    and replace that reference in one assignment.
+    Thread-safe: concurrent first calls to `production()` load the model once. After that, a
+    daemon thread checks the alias every `refresh_seconds`, loads a new version beside the
+    served one and swaps the reference; `close()` stops it. A version that fails to load is
+    tried again after `retry_failed_after` seconds, or at once when the alias moves.
     """
 
     def __init__(
-        self, client: MlflowClient, model_uri: str, *, cache_dir: Path | None = None
+        self,
+        client: MlflowClient,
+        model_uri: str,
+        *,
+        cache_dir: Path | None = None,
+        refresh_seconds: float = DEFAULT_REFRESH_SECONDS,
+        retry_failed_after: float | None = None,
     ) -> None:
+        # model_watch imports this module for its types; importing it here avoids a cycle.
+        from nimbus.model_watch import RETRY_FAILED_AFTER_SECONDS, ModelWatch
+
         self.client = client
         self.model_uri = model_uri
         self.name, self.alias, self.version = parse_model_uri(model_uri)
@@ -122,10 +141,14 @@ class ModelRegistry:
             cache_dir = Path(tempfile.mkdtemp(prefix="nimbus-models-"))
             weakref.finalize(self, shutil.rmtree, cache_dir, ignore_errors=True)
         self.cache_dir = cache_dir
-        self._lock = threading.Lock()
-        self._current: LoadedModel | None = None
-        self._schema_ref: ModelRef | None = None
         self._schemas: dict[ModelRef, InputSchema] = {}
+        self._watch = ModelWatch(
+            self,
+            refresh_seconds=refresh_seconds,
+            retry_failed_after=(
+                RETRY_FAILED_AFTER_SECONDS if retry_failed_after is None else retry_failed_after
+            ),
+        )
 
     def resolve(self) -> ModelRef:
         """The version the model URI names now (an alias is looked up in the registry)."""
@@ -136,15 +159,14 @@ class ModelRegistry:
             version = self.client.get_model_version_by_alias(self.name, self.alias).version
         except MlflowException as error:
             if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-                logger.error("cannot resolve %s: %s", self.model_uri, error.message)
                 raise ModelUnavailable(
                     f"The model registry has no model {self.name!r} with the alias "
                     f"{self.alias!r}. Register one (python -m mlflow_server.train) or set the "
                     f"alias, then retry."
-                ) from None
-            raise self._unreachable("resolve", error) from None
+                ) from error
+            raise self._unavailable(f"resolve {self.model_uri}", RegistryUnreachable) from error
         except Exception as error:
-            raise self._unreachable("resolve", error) from None
+            raise self._unavailable(f"resolve {self.model_uri}", RegistryUnreachable) from error
         return ModelRef(self.name, str(version))
 
     def load(self, ref: ModelRef) -> LoadedModel:
@@ -157,7 +179,7 @@ class ModelRegistry:
         except ModelUnavailable:
             raise
         except Exception as error:
-            raise self._unreachable(f"load version {ref.version} of", error) from None
+            raise self._unavailable(f"load version {ref.version}") from error
         model = LoadedModel(
             name=ref.name,
             version=ref.version,
@@ -174,28 +196,31 @@ class ModelRegistry:
 
     def current(self) -> LoadedModel | None:
         """The model being served now, without loading one: None before the first load."""
-        return self._current
+        return self._watch.served
 
     def production(self) -> LoadedModel:
-        """The served model, resolved and loaded on the first call, then kept in memory."""
-        current = self._current
-        if current is not None:
-            return current
-        with self._lock:
-            if self._current is None:
-                self._current = self.load(self.resolve())
-            return self._current
+        """The served model: resolved and loaded on the first call, then kept in memory on
+        the version the alias names. Never waits for a check once a model is loaded."""
+        return self._watch.model()
 
     def production_schema(self) -> InputSchema:
-        """The served model's input schema, read from its signature without loading it."""
-        current = self._current
-        if current is not None:
-            return current.schema
-        with self._lock:
-            if self._schema_ref is None:
-                self._schema_ref = self.resolve()
-            ref = self._schema_ref
-        return self.schema(ref)
+        """The served model's input schema; before any load, the schema of the version the
+        alias names, read from its signature without loading it and kept current likewise."""
+        return self._watch.schema()
+
+    def refresh(self) -> None:
+        """Check the alias now and swap in the version it names (what the watcher does)."""
+        self._watch.refresh()
+
+    def status(self) -> dict[str, Any]:
+        """Readiness as JSON: `{"model": {"name", "version"} | None, "registry": "ok" |
+        "unreachable", "checked_at": ISO time | None, "last_error": {"version", "message"} |
+        None}`; `last_error` says why the version the alias names is not the one served."""
+        return self._watch.status()
+
+    def close(self) -> None:
+        """Stop following the alias (the watcher thread ends); the served model stays."""
+        self._watch.close()
 
     def schema(self, ref: ModelRef) -> InputSchema:
         """A version's input schema, from its MLmodel file alone; cached per version."""
@@ -216,9 +241,7 @@ class ModelRegistry:
         except ModelUnavailable:
             raise
         except Exception as error:
-            raise self._unreachable(
-                f"read the signature of version {ref.version} of", error
-            ) from None
+            raise self._unavailable(f"read the signature of version {ref.version}") from error
         self._schemas[ref] = schema
         return schema
 
@@ -261,11 +284,10 @@ class ModelRegistry:
             return str(self.client.get_model_version_download_uri(ref.name, ref.version))
         except MlflowException as error:
             if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-                logger.error("cannot find %s: %s", ref.uri, error.message)
                 raise ModelUnavailable(
                     f"The model registry has no version {ref.version} of model {ref.name!r}. "
                     "Check the model URI the service is configured with."
-                ) from None
+                ) from error
             raise
 
     def _version_folder(self, ref: ModelRef) -> Path:
@@ -280,18 +302,15 @@ class ModelRegistry:
         try:
             return InputSchema.from_signature(signature)
         except ValueError as error:
-            logger.error("%s has no usable signature: %s", ref.uri, error)
             raise ModelUnavailable(
                 f"Version {ref.version} of model {ref.name!r} cannot be served: {error}"
             ) from None
 
-    def _unreachable(self, action: str, error: Exception) -> ModelUnavailable:
-        """Log the cause with its traceback; the caller gets a short message without it."""
-        logger.error(
-            "cannot %s %s (registry %s): %s",
-            action, self.model_uri, self.client.tracking_uri, error, exc_info=error,
-        )  # fmt: skip
-        return ModelUnavailable(
-            f"The model {self.name!r} is unavailable: the model registry or its artifact store "
-            "could not be reached or returned an error. Retry later."
+    def _unavailable(
+        self, action: str, kind: type[ModelUnavailable] = ModelUnavailable
+    ) -> ModelUnavailable:
+        """A short message for the caller; raise it `from` the cause, which the watcher logs."""
+        return kind(
+            f"The model {self.name!r} is unavailable: cannot {action} (the model registry or "
+            "its artifact store could not be reached or returned an error). Retry later."
         )

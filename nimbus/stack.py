@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -235,6 +235,9 @@ class Stack:
     def env(self) -> dict[str, str]:
         """The environment every process of the stack gets: where the others are."""
         env = dict(os.environ)
+        # Every setting travels, so each process runs with exactly this stack's settings.
+        for spec in fields(self.settings):
+            env[spec.metadata["env"]] = str(getattr(self.settings, spec.name))
         env.update(
             {
                 "NIMBUS_HOME": str(self.home),

@@ -18,15 +18,18 @@ from concurrent import futures
 from typing import TYPE_CHECKING, Any
 
 from nimbus.bus import decode_job_message
-from nimbus.errors import NimbusError, ServiceUnavailable, ValidationFailed
-from nimbus.jobs import ClaimRefused
+from nimbus.errors import NimbusError, ServiceUnavailable
+from nimbus.jobs import Claim, ClaimRefused
+from vm_worker.chunks import chunks, predict_chunk
+from vm_worker.reconciler import reconcile, record_dead_letter
 
 if TYPE_CHECKING:
     from google.cloud import pubsub_v1
 
+    from nimbus.bus import JobBus
     from nimbus.config import Settings
     from nimbus.jobs import JobStore
-    from nimbus.registry import ModelRegistry
+    from nimbus.registry import LoadedModel, ModelRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -49,16 +52,20 @@ def handle_job(
     *,
     owner: str,
     lease_seconds: int,
+    chunk_rows: int = 10_000,
 ) -> Outcome:
-    """Claim the job, predict every item in one vectorised call, record result and SUCCESS."""
+    """Claim the job, predict its items chunk by chunk with one model version, and record
+    the result and SUCCESS in one step. A failed attempt gives the job back and raises."""
     # The model first: if the registry is down, no claim is taken and the redelivery is free
-    # to run the job later.
+    # to run the job later. This one model does the whole job: a batch never mixes versions.
     try:
         model = models.production()
     except ServiceUnavailable as error:
         logger.warning("↻ job %s retry: %s", job_id, error.message, extra={"job_id": job_id})
         return Outcome.RETRY
-    claim = store.claim(job_id, owner=owner, lease_seconds=lease_seconds)
+    claim = store.claim(
+        job_id, owner=owner, lease_seconds=lease_seconds, model_version=model.version
+    )
     if isinstance(claim, ClaimRefused):
         if claim is ClaimRefused.LEASED:
             # Someone holds a live lease. Ack only once it ends: if that worker dies, this
@@ -67,38 +74,80 @@ def handle_job(
             return Outcome.RETRY
         logger.info("· job %s skipped: %s", job_id, claim.value, extra={"job_id": job_id})
         return Outcome.SKIPPED
+    try:
+        return _run_claimed(claim, store, model, owner, lease_seconds, chunk_rows)
+    except Exception as error:
+        store.release(
+            job_id,
+            owner=owner,
+            epoch=claim.epoch,
+            error={"code": "attempt_failed", "message": f"{type(error).__name__}: {error}"[:500]},
+        )
+        raise
+
+
+def _run_claimed(
+    claim: Claim,
+    store: JobStore,
+    model: LoadedModel,
+    owner: str,
+    lease_seconds: int,
+    chunk_rows: int,
+) -> Outcome:
+    job_id, items = claim.job_id, claim.inputs
+    if not isinstance(items, list):
+        raise TypeError(f"job {job_id} inputs are {type(items).__name__}, not a list of items")
     logger.info(
-        "→ job %s started: %d items, attempt %d",
+        "→ job %s %s: %d items, attempt %d, %s/%s",
         job_id,
-        len(claim.inputs),
+        "reprocessing" if claim.reprocess else "started",
+        len(items),
         claim.attempts,
+        model.name,
+        model.version,
         extra={"job_id": job_id},
     )
     started = time.perf_counter()
-    try:
-        matrix = model.schema.rows_to_matrix(claim.inputs)
-    except ValidationFailed as error:
-        # The items were valid when submitted, so the production model changed its inputs since:
-        # running again cannot help.
-        store.fail(job_id, epoch=claim.epoch, error={"code": error.code, "message": error.message})
-        logger.warning("! job %s failed: %s", job_id, error.message, extra={"job_id": job_id})
+    result: list[dict[str, Any]] = []
+    item_errors: list[dict[str, Any]] = []
+    for offset, chunk in chunks(items, chunk_rows):
+        done = predict_chunk(model, chunk, offset=offset)
+        result.extend(done.answers)
+        item_errors.extend(done.errors)
+        # The lease grows with every chunk, and progress shows; a revoked job stops here.
+        if not store.extend_lease(
+            job_id, owner=owner, epoch=claim.epoch, lease_seconds=lease_seconds, done=len(result)
+        ):
+            logger.warning(
+                "■ job %s stopped after %d items: revoked or taken over",
+                job_id,
+                len(result),
+                extra={"job_id": job_id},
+            )
+            return Outcome.SKIPPED
+    model_body = {"name": model.name, "version": model.version}
+    if items and len(item_errors) == len(items):
+        store.fail(
+            job_id,
+            epoch=claim.epoch,
+            error={
+                "code": "all_items_failed",
+                "message": f"The model rejected every item; the first: {item_errors[0]['message']}",
+            },
+        )
+        logger.warning("! job %s failed: every item rejected", job_id, extra={"job_id": job_id})
         return Outcome.FAILED
-    predictions = model.predict(matrix)
-    result = [{"prediction": value} for value in predictions]
-    written = store.complete(
-        job_id,
-        epoch=claim.epoch,
-        result=result,
-        model={"name": model.name, "version": model.version},
-    )
-    if not written:
+    if not store.complete(
+        job_id, epoch=claim.epoch, result=result, model=model_body, item_errors=item_errors
+    ):
         # Another worker took over after our lease ran out; its outcome stands.
         logger.warning("job %s: result not written, lease lost", job_id, extra={"job_id": job_id})
         return Outcome.SKIPPED
     logger.info(
-        "← job %s done: %d items in %.3fs by %s/%s",
+        "← job %s done: %d items (%d rejected) in %.3fs by %s/%s",
         job_id,
         len(result),
+        len(item_errors),
         time.perf_counter() - started,
         model.name,
         model.version,
@@ -108,28 +157,41 @@ def handle_job(
 
 
 class Worker:
-    """Streams job messages from the jobs subscription into `handle_job`, a few at a time."""
+    """Streams job messages into `handle_job`, a few at a time; also records dead-lettered
+    jobs as FAILURE and, one worker at a time, republishes jobs whose message was lost."""
 
     def __init__(
         self,
         subscriber: pubsub_v1.SubscriberClient,
         store: JobStore,
         models: ModelRegistry,
+        bus: JobBus,
         *,
         subscription_path: str,
+        dead_letter_subscription_path: str,
         max_messages: int,
         lease_seconds: int,
+        chunk_rows: int,
+        reconcile_after: float,
         name: str | None = None,
     ) -> None:
+        """`max_messages` jobs run at once (flow control); a claim lasts `lease_seconds` and
+        is renewed every `chunk_rows` items; jobs PENDING over `reconcile_after` seconds are
+        published again."""
         self.subscriber = subscriber
         self.store = store
         self.models = models
+        self.bus = bus
         self.subscription_path = subscription_path
+        self.dead_letter_subscription_path = dead_letter_subscription_path
         self.max_messages = max_messages
         self.lease_seconds = lease_seconds
+        self.chunk_rows = chunk_rows
+        self.reconcile_after = reconcile_after
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._stop = threading.Event()
         self._last_heartbeat = -float(HEARTBEAT_SECONDS)
+        self._last_reconcile = time.monotonic()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Worker:
@@ -137,6 +199,7 @@ class Worker:
         from google.cloud import pubsub_v1
         from mlflow import MlflowClient
 
+        from nimbus.bus import JobBus, new_publisher
         from nimbus.jobs import JobStore
         from nimbus.registry import ModelRegistry
 
@@ -147,18 +210,31 @@ class Worker:
             MlflowClient(tracking_uri=settings.tracking_uri),
             settings.model_uri,
             cache_dir=settings.cache_path(),
+            refresh_seconds=settings.model_refresh_seconds,
         )
+        store = JobStore(connection, finished_ttl=settings.finished_ttl)
+        policy = store.eviction_policy()
+        if policy not in (None, "noeviction"):
+            logger.warning(
+                "redis maxmemory-policy is %s: Redis may evict unfinished jobs; set noeviction",
+                policy,
+            )
         return cls(
             pubsub_v1.SubscriberClient(),
-            JobStore(connection),
+            store,
             registry,
+            JobBus(new_publisher(), settings.topic_path, timeout=settings.publish_timeout),
             subscription_path=settings.subscription_path,
+            dead_letter_subscription_path=settings.dead_letter_subscription_path,
             max_messages=settings.worker_max_messages,
             lease_seconds=settings.lease_seconds,
+            chunk_rows=settings.chunk_rows,
+            reconcile_after=settings.reconcile_after,
         )
 
     def on_message(self, message: Any) -> None:
-        """Pub/Sub callback: ack once Redis holds the outcome, nack to be redelivered later."""
+        """Pub/Sub callback: ack once Redis holds the outcome, nack to be redelivered later
+        (after the subscription's backoff; the last failed attempt is dead-lettered)."""
         try:
             job_id = decode_job_message(message.data)
         except ValueError as exc:
@@ -167,19 +243,41 @@ class Worker:
             return
         try:
             outcome = handle_job(
-                job_id, self.store, self.models, owner=self.name, lease_seconds=self.lease_seconds
+                job_id,
+                self.store,
+                self.models,
+                owner=self.name,
+                lease_seconds=self.lease_seconds,
+                chunk_rows=self.chunk_rows,
             )
         except NimbusError as error:
             logger.warning("↻ job %s retry: %s", job_id, error.message, extra={"job_id": job_id})
             outcome = Outcome.RETRY
         except Exception:
-            # Redis down mid-job, a model that raises: the lease lets a later delivery retry.
+            # A model that raises, Redis down mid-job: the job was given back (or its lease
+            # runs out) and the redelivery tries again.
             logger.exception("↻ job %s retry after an error", job_id, extra={"job_id": job_id})
             outcome = Outcome.RETRY
         if outcome is Outcome.RETRY:
             message.nack()
         else:
             message.ack()
+
+    def on_dead_letter(self, message: Any) -> None:
+        """Dead-letter callback: the job becomes FAILURE with why; ack once Redis holds it."""
+        try:
+            job_id = decode_job_message(message.data)
+        except ValueError as exc:
+            logger.error("dropping dead letter %s: %s", message.message_id, exc)
+            message.ack()
+            return
+        try:
+            record_dead_letter(self.store, job_id, delivery_attempts=message.delivery_attempt)
+        except Exception:
+            logger.exception("dead letter for job %s not recorded", job_id)
+            message.nack()
+            return
+        message.ack()
 
     def run(self) -> None:
         """Pull until `stop()` (or SIGTERM through the entry point); finish in-flight jobs first."""
@@ -191,19 +289,26 @@ class Worker:
             logger.info("worker %s serving %s/%s", self.name, model.name, model.version)
         except NimbusError as error:
             logger.warning("model not loaded yet: %s", error.message)
-        flow_control = pubsub_v1.types.FlowControl(max_messages=self.max_messages)
         scheduler = pubsub_v1.subscriber.scheduler.ThreadScheduler(
             futures.ThreadPoolExecutor(
                 max_workers=self.max_messages, thread_name_prefix="nimbus-job"
             )
         )
-        streaming_pull = self.subscriber.subscribe(
-            self.subscription_path,
-            callback=self.on_message,
-            flow_control=flow_control,
-            scheduler=scheduler,
-            await_callbacks_on_shutdown=True,
-        )
+        pulls = [
+            self.subscriber.subscribe(
+                self.subscription_path,
+                callback=self.on_message,
+                flow_control=pubsub_v1.types.FlowControl(max_messages=self.max_messages),
+                scheduler=scheduler,
+                await_callbacks_on_shutdown=True,
+            ),
+            self.subscriber.subscribe(
+                self.dead_letter_subscription_path,
+                callback=self.on_dead_letter,
+                flow_control=pubsub_v1.types.FlowControl(max_messages=1),
+                await_callbacks_on_shutdown=True,
+            ),
+        ]
         logger.info(
             "worker %s listening on %s (up to %d jobs at once)",
             self.name,
@@ -213,15 +318,33 @@ class Worker:
         try:
             while not self._stop.wait(0.5):
                 self._heartbeat()
-                if streaming_pull.done():
-                    # The stream ended on its own (e.g. the subscription vanished): surface why.
-                    streaming_pull.result()
-                    return
+                self._reconcile()
+                for pull in pulls:
+                    if pull.done():
+                        # The stream ended on its own (e.g. the subscription vanished): say why.
+                        pull.result()
+                        return
         finally:
-            streaming_pull.cancel()
-            with contextlib.suppress(futures.CancelledError, futures.TimeoutError):
-                streaming_pull.result(timeout=60)
+            for pull in pulls:
+                pull.cancel()
+            for pull in pulls:
+                with contextlib.suppress(futures.CancelledError, futures.TimeoutError):
+                    pull.result(timeout=60)
             logger.info("worker %s stopped", self.name)
+
+    def _reconcile(self) -> None:
+        """Every quarter of `reconcile_after`, one worker of all (a Redis lock) reconciles."""
+        interval = max(1.0, self.reconcile_after / 4)
+        now = time.monotonic()
+        if now - self._last_reconcile < interval:
+            return
+        self._last_reconcile = now
+        try:
+            lock = f"{self.store.prefix}reconciler"
+            if self.store.connection.set(lock, self.name, nx=True, ex=max(1, int(interval))):
+                reconcile(self.store, self.bus, older_than=self.reconcile_after)
+        except Exception as exc:  # the reconciler never stops the worker
+            logger.warning("reconcile skipped: %s", exc)
 
     def stop(self) -> None:
         self._stop.set()

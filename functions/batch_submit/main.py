@@ -1,4 +1,5 @@
-"""Cloud Run function `batch_submit`: record a batch job in Redis and queue it on Pub/Sub."""
+"""Cloud Run function `batch_submit`: record a batch job in Redis and queue it on Pub/Sub;
+also cancels one (DELETE)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,15 @@ def batch_submit(request: Request) -> Response:
             request, clients.job_store, clients.job_bus, clients.model_registry, clients.settings
         )
 
-    return api.dispatch(
-        request,
-        {
-            "/": {"GET": api.health, "POST": submit},
-            "/v1/batch": {"POST": submit},
-            "/ready": {"GET": lambda: api.submit_ready(clients.job_store, clients.job_bus)},
-        },
-    )
+    routes: dict[str, dict[str, api.Handler]] = {
+        "/": {"GET": api.health, "POST": submit},
+        "/v1/batch": {"POST": submit},
+        "/ready": {"GET": lambda: api.submit_ready(clients.job_store, clients.job_bus)},
+    }
+    # Cancelling is a write, so it is this function's: DELETE /v1/batch/<id> (or /<id>).
+    job_id = api.job_id_from_path(request.path)
+    if job_id is not None:
+        routes[request.path.rstrip("/")] = {
+            "DELETE": lambda: api.cancel_batch(job_id, clients.job_store)
+        }
+    return api.dispatch(request, routes)

@@ -26,6 +26,8 @@ class SumModel:
 
     def predict(self, matrix: np.ndarray) -> list[float]:
         self.calls.append(len(matrix))
+        if (matrix[:, 0] == 13).any():
+            raise ValueError("unlucky x")
         return [float(value) for value in matrix.sum(axis=1)]
 
 
@@ -39,8 +41,17 @@ class Registry:
         return self.model
 
 
-def run(job_id: str, store: JobStore, registry: Registry, owner: str = "w1") -> Outcome:
-    return handle_job(job_id, store, registry, owner=owner, lease_seconds=30)  # type: ignore[arg-type]
+def run(
+    job_id: str, store: JobStore, registry: Registry, owner: str = "w1", chunk_rows: int = 1000
+) -> Outcome:
+    return handle_job(
+        job_id,
+        store,
+        registry,  # type: ignore[arg-type]
+        owner=owner,
+        lease_seconds=30,
+        chunk_rows=chunk_rows,
+    )
 
 
 def test_runs_all_items_in_one_call_and_records_the_model(job_store: JobStore):
@@ -89,15 +100,89 @@ def test_registry_down_takes_no_claim(job_store: JobStore):
     assert fetched is not None and fetched.status is JobStatus.PENDING
 
 
-def test_items_the_model_no_longer_accepts_fail_the_job(job_store: JobStore):
-    job = job_store.create([{"x": 1, "z": 2}])
+def test_a_job_whose_every_item_is_rejected_fails(job_store: JobStore):
+    job = job_store.create([{"x": 1, "z": 2}, {"x": 13, "y": 1}])
 
     outcome = run(job.id, job_store, Registry(SumModel()))
 
     assert outcome is Outcome.FAILED
     failed = job_store.fetch(job.id)
     assert failed is not None and failed.status is JobStatus.FAILURE
-    assert failed.error is not None and failed.error["code"] == "validation_failed"
+    assert failed.error is not None and failed.error["code"] == "all_items_failed"
+
+
+def test_items_the_model_rejects_fail_alone(job_store: JobStore):
+    items = [{"x": 1, "y": 1}, {"x": 13, "y": 1}, {"x": 2, "z": 1}, {"x": 3, "y": 3}]
+    job = job_store.create(items)
+
+    outcome = run(job.id, job_store, Registry(SumModel()))
+
+    assert outcome is Outcome.DONE
+    done = job_store.fetch(job.id)
+    assert done is not None and done.status is JobStatus.SUCCESS
+    assert [answer["prediction"] for answer in done.result or []] == [2.0, None, None, 6.0]
+    assert [error["index"] for error in done.item_errors or []] == [1, 2]
+    assert "unlucky x" in (done.item_errors or [])[0]["message"]
+    assert "unknown field" in (done.item_errors or [])[1]["message"]
+
+
+def test_progress_is_per_chunk_and_the_model_runs_once_per_chunk(job_store: JobStore):
+    job = job_store.create([{"x": i, "y": 0} for i in range(25) if i != 13])
+    model = SumModel()
+
+    run(job.id, job_store, Registry(model), chunk_rows=10)
+
+    assert model.calls == [10, 10, 4]
+    done = job_store.fetch(job.id)
+    assert done is not None and done.to_public()["progress"] == {"done": 24, "total": 24}
+
+
+def test_a_job_revoked_while_running_stops_at_its_next_chunk(job_store: JobStore):
+    job = job_store.create([{"x": 1, "y": 0}] * 30)
+
+    class RevokingModel(SumModel):
+        def predict(self, matrix: np.ndarray) -> list[float]:
+            job_store.cancel(job.id)  # the user cancels while the first chunk runs
+            return super().predict(matrix)
+
+    model = RevokingModel()
+    outcome = run(job.id, job_store, Registry(model), chunk_rows=10)
+
+    assert outcome is Outcome.SKIPPED
+    assert model.calls == [10]
+    revoked = job_store.fetch(job.id)
+    assert revoked is not None and revoked.status is JobStatus.REVOKED
+
+
+def test_an_attempt_that_raises_gives_the_job_back(job_store: JobStore):
+    job = job_store.create([{"x": 1, "y": 2}])
+
+    class BrokenModel(SumModel):
+        def predict(self, matrix: np.ndarray) -> list[float]:
+            raise MemoryError("out of memory")
+
+    with pytest.raises(MemoryError):
+        run(job.id, job_store, Registry(BrokenModel()))
+
+    released = job_store.fetch(job.id)
+    assert released is not None and released.status is JobStatus.PENDING
+    assert released.last_error is not None and "out of memory" in released.last_error["message"]
+    assert run(job.id, job_store, Registry(SumModel()), owner="w2") is Outcome.DONE
+
+
+def test_a_replay_reruns_only_for_another_model_version(job_store: JobStore):
+    job = job_store.create([{"x": 1, "y": 2}])
+    run(job.id, job_store, Registry(SumModel(version="7")))
+    same = SumModel(version="7")
+    newer = SumModel(version="8")
+
+    assert run(job.id, job_store, Registry(same)) is Outcome.SKIPPED
+    assert same.calls == []
+    assert run(job.id, job_store, Registry(newer)) is Outcome.DONE
+    assert newer.calls == [1]
+    rerun = job_store.fetch(job.id)
+    assert rerun is not None
+    assert rerun.revision == 1 and rerun.model == {"name": "adder", "version": "8"}
 
 
 @pytest.mark.parametrize("job_id", ["8d3c0a52-5b8c-4c35-9d1c-2a1b0f3e4d5c", "junk"])
