@@ -22,7 +22,6 @@ import numpy as np
 import orjson
 
 if TYPE_CHECKING:
-    from nimbus.jobs import JobStore
     from nimbus.registry import LoadedModel
 
 
@@ -36,6 +35,7 @@ def make_rows(count: int, names: tuple[str, ...], *, seed: int = 5) -> list[dict
 class BatchRun:
     """One job's wall time from the client's submit to the SUCCESS it saw, and its parts."""
 
+    job_id: str
     rows: int
     submit_s: float  # until the 202
     total_s: float  # submit → SUCCESS seen by the client
@@ -100,6 +100,7 @@ def split_job_time(
     started = _epoch(record["started_at"])
     finished = _epoch(record["finished_at"])
     return BatchRun(
+        job_id=str(record["job_id"]),
         rows=rows,
         submit_s=answered - submitted,
         total_s=seen - submitted,
@@ -116,9 +117,27 @@ def run_job(gateway_url: str, body: bytes, rows: int) -> BatchRun:
     job_id = submit_job(gateway_url, body)
     answered = time.time()
     seen, record = wait_for_job(gateway_url, job_id)
-    if len(record["result"]) != rows:
-        raise BatchFailed(f"job {job_id} has {len(record['result'])} results for {rows} rows")
+    if result_count(record) != rows:
+        raise BatchFailed(f"job {job_id} has {result_count(record)} results for {rows} rows")
     return split_job_time(rows, submitted, answered, seen, record)
+
+
+def result_count(record: dict[str, Any]) -> int:
+    """How many results a finished job has: all of them, or the total of a paged answer."""
+    page = record.get("page")
+    return int(page["total"]) if page else len(record.get("result", []))
+
+
+def fetch_all_results(gateway_url: str, job_id: str) -> tuple[int, float]:
+    """Follow the result pages of a finished job: (results fetched, seconds)."""
+    started = time.perf_counter()
+    fetched = 0
+    path: str | None = f"/v1/batch/{job_id}"
+    while path:
+        _, record = _request(f"{gateway_url}{path}")
+        fetched += len(record.get("result", []))
+        path = (record.get("page") or {}).get("next")
+    return fetched, time.perf_counter() - started
 
 
 def run_concurrent_jobs(
@@ -198,38 +217,22 @@ def floor_batch(body: bytes, model: LoadedModel) -> dict[str, float]:
     }
 
 
-def worker_phases(
-    rows: list[dict[str, float]], body: bytes, store: JobStore, model: LoadedModel
-) -> dict[str, float]:
-    """The worker's steps for one job, timed one by one in this process with Nimbus's own
-    JobStore, schema and model (vm_worker.handle_job does the same calls, untimed)."""
-    from nimbus.jobs import ClaimRefused
-
+def compute_parts(body: bytes, model: LoadedModel) -> dict[str, float]:
+    """The compute inside a job's run, timed one part at a time in this process with Nimbus's
+    own schema and model: what is left of the run is Redis, chunking and coordination."""
     marks = [time.perf_counter()]
-    job = store.create(rows)
+    rows = orjson.loads(body)
     marks.append(time.perf_counter())
-    claim = store.claim(job.id, owner="bench", lease_seconds=60)
-    marks.append(time.perf_counter())
-    if isinstance(claim, ClaimRefused):
-        raise BatchFailed(f"the bench could not claim its own job {job.id}: {claim}")
-    matrix = model.schema.rows_to_matrix(claim.inputs)
+    matrix = model.schema.rows_to_matrix(rows)
     marks.append(time.perf_counter())
     predictions = model.predict(matrix)
     marks.append(time.perf_counter())
     result = [{"prediction": value} for value in predictions]
     marks.append(time.perf_counter())
-    store.complete(
-        job.id, epoch=claim.epoch, result=result, model={"name": model.name, "version": "bench"}
-    )
+    orjson.dumps(result)
     marks.append(time.perf_counter())
-    decode_started = time.perf_counter()
-    orjson.loads(body)
-    decode_s = time.perf_counter() - decode_started
-    names = ["record_s", "claim_s", "validate_s", "predict_s", "result_s", "complete_s"]
-    phases = {name: end - start for name, start, end in zip(names, marks, marks[1:], strict=True)}
-    # claim_s is Redis handing over the inputs plus decoding them; the decode alone, for scale:
-    phases["decode_alone_s"] = decode_s
-    return phases
+    names = ["decode_s", "validate_s", "predict_s", "result_s", "encode_s"]
+    return {name: end - start for name, start, end in zip(names, marks, marks[1:], strict=True)}
 
 
 _LOADED = re.compile(r"loaded (\S+) version (\S+) \((from cache|downloaded)\) in ([0-9.]+)s")

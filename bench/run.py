@@ -285,10 +285,15 @@ def run_batch_comparison(gateway_url: str, model: Any, rows: int, rounds: int) -
     body = orjson.dumps(batch.make_rows(rows, model.schema.names))
     jobs: list[batch.BatchRun] = []
     floors: list[dict[str, float]] = []
+    fetches: list[float] = []
     for _ in range(rounds):
         job = batch.run_job(gateway_url, body, rows)
+        fetched, fetch_s = batch.fetch_all_results(gateway_url, job.job_id)
+        if fetched != rows:
+            raise batch.BatchFailed(f"job {job.job_id}: {fetched} results fetched of {rows}")
         floor = batch.floor_batch(body, model)
         jobs.append(job)
+        fetches.append(fetch_s)
         floors.append(floor)
         logger.info(
             "batch %7d rows: Nimbus %8.0f rows/s (%.2f s: receive %.2f, queue %.2f, run %.2f, "
@@ -305,6 +310,7 @@ def run_batch_comparison(gateway_url: str, model: Any, rows: int, rounds: int) -
         "nimbus_rows_per_s": statistics.median(job.rows_per_s for job in jobs),
         "floor_rows_per_s": statistics.median(floor["rows_per_s"] for floor in floors),
         "ratio": statistics.median(ratios),
+        "fetch_all_pages_s": statistics.median(fetches),
         "median_parts_s": {
             part: statistics.median(getattr(job, part) for job in jobs)
             for part in ("submit_s", "receive_s", "queue_s", "run_s", "notice_s", "total_s")
@@ -444,15 +450,8 @@ def measure(stack: Stack, plan: Plan, work_dir: Path) -> dict[str, Any]:
     logger.info("batch: warming up with one small job")
     batch.run_job(stack.gateway_url, orjson.dumps(batch.make_rows(100, model.schema.names)), 100)
     inline = run_batch_comparison(stack.gateway_url, model, plan.batch_rows, plan.batch_rounds)
-    import redis
-
-    from nimbus.jobs import JobStore
-
-    store = JobStore(redis.Redis.from_url(stack.redis_url))
-    inline_rows = batch.make_rows(plan.batch_rows, model.schema.names)
-    inline["worker_phases_s"] = batch.worker_phases(
-        inline_rows, orjson.dumps(inline_rows), store, model
-    )
+    inline_body = orjson.dumps(batch.make_rows(plan.batch_rows, model.schema.names))
+    inline["compute_parts_s"] = batch.compute_parts(inline_body, model)
     inline["worker_model_load_s"] = batch.model_load_seconds(stack.log_dir / "worker-1.log")
     sizes = {str(plan.batch_rows): inline}
     for rows in plan.batch_sizes:
@@ -497,7 +496,8 @@ def render(results: dict[str, Any], summaries: Sequence[Any], checks: Sequence[T
     predict = results["predict"]
     inline = results["batch"]["inline"]
     parts = inline["median_parts_s"]
-    phases = inline["worker_phases_s"]
+    compute = inline["compute_parts_s"]
+    rest = parts["run_s"] - sum(compute.values())
     cold = results["cold_start"]
     lines = [
         f"predict: {predict['connections']} connections, {predict['rounds']} interleaved rounds "
@@ -512,10 +512,11 @@ def render(results: dict[str, Any], summaries: Sequence[Any], checks: Sequence[T
         f"  where the {parts['total_s']:.2f} s go: receive (upload, parse, validate, record) "
         f"{parts['receive_s']:.2f} s · queue (publish, delivery, claim) {parts['queue_s']:.2f} s"
         f" · run {parts['run_s']:.2f} s · notice (poll, fetch result) {parts['notice_s']:.2f} s",
-        f"  the run, replayed in-process with Nimbus's JobStore/schema/model: claim (Redis + "
-        f"decode) {phases['claim_s']:.3f} s (decode alone {phases['decode_alone_s']:.3f}) · "
-        f"validate {phases['validate_s']:.3f} s · predict {phases['predict_s']:.3f} s · result "
-        f"objects {phases['result_s']:.3f} s · write {phases['complete_s']:.3f} s",
+        f"  inside the run (its compute timed in-process with Nimbus's schema and model): "
+        f"decode {compute['decode_s']:.3f} s · validate {compute['validate_s']:.3f} s · predict "
+        f"{compute['predict_s']:.3f} s · result objects {compute['result_s']:.3f} s · encode "
+        f"{compute['encode_s']:.3f} s · the rest (Redis, chunks, progress) {rest:.3f} s",
+        f"  then fetching every result page: {inline['fetch_all_pages_s']:.2f} s",
         "  model load: 0 on the job path (the worker loads it at start: "
         + (
             f"{inline['worker_model_load_s']:.2f} s)"

@@ -7,7 +7,11 @@
 
 DEPLOY_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$DEPLOY_DIR/.." && pwd)
-BUILD_DIR=${BUILD_DIR:-$REPO_ROOT/build}
+CALLER_DIR=$PWD
+# Commands name paths relative to the repository root (--source=build/predict), as you would.
+cd "$REPO_ROOT" || exit 1
+DEPLOY_DIR=deploy
+BUILD_DIR=${BUILD_DIR:-build}
 DRY_RUN=${DRY_RUN:-0}
 # A dry run cannot ask gcloud what exists; 1 plays the re-run, where everything does.
 DRY_RUN_ASSUME_EXISTING=${DRY_RUN_ASSUME_EXISTING:-0}
@@ -56,6 +60,9 @@ parse_args() {
 
 # load_env: export every variable of the config file, then check the ones all scripts need.
 load_env() {
+  if [[ -n $ENV_FILE && $ENV_FILE != /* ]]; then
+    ENV_FILE=$CALLER_DIR/$ENV_FILE
+  fi
   if [[ -z $ENV_FILE ]]; then
     ENV_FILE=$DEPLOY_DIR/.env
     if [[ ! -f $ENV_FILE ]] && is_dry_run; then
@@ -80,12 +87,18 @@ require() {
   ((${#missing[@]} == 0)) || die "set ${missing[*]} in $ENV_FILE (see deploy/env.example)"
 }
 
-# quote WORD: WORD as the shell reads it back, quoted only when it has to be.
+# quote WORD: WORD as the shell reads it back, quoted only when it has to be (a flag's value
+# alone: --name='a b').
 quote() {
-  if [[ $1 =~ ^[A-Za-z0-9_./:=,@%+^-]+$ ]]; then
-    printf '%s' "$1"
+  local word=$1 prefix=""
+  if [[ $word =~ ^(--[a-z0-9-]+=)(.*)$ ]]; then
+    prefix=${BASH_REMATCH[1]}
+    word=${BASH_REMATCH[2]}
+  fi
+  if [[ $word =~ ^[A-Za-z0-9_./:=,@%+^-]*$ ]]; then
+    printf '%s%s' "$prefix" "$word"
   else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
+    printf "%s'%s'" "$prefix" "${word//\'/\'\\\'\'}"
   fi
 }
 
@@ -135,13 +148,13 @@ retry() {
     fi
     if grep -qiE 'ALREADY_EXISTS|already exists' "$errors"; then
       rm -f "$errors"
-      say "already there: $1 $2 $3"
+      say "already there: ${*:1:4}"
       return 0
     fi
     if grep -qE 'unrecognized arguments|Invalid value|INVALID_ARGUMENT|PERMISSION_DENIED|does not have permission|QUOTA_EXCEEDED|FAILED_PRECONDITION' "$errors" ||
       ((attempt >= GCLOUD_ATTEMPTS)); then
       rm -f "$errors"
-      echo "${0##*/}: failed (exit $status) after $attempt attempt(s): $*" >&2
+      echo "${0##*/}: failed (exit $status) after $attempt attempt(s): ${*:1:4}" >&2
       return "$status"
     fi
     say "attempt $attempt failed (exit $status); retrying in ${delay}s"
@@ -185,4 +198,5 @@ service_account() {
 }
 
 # The one label every resource carries, so `gcloud ... list --filter=labels.app=nimbus` finds them.
+# shellcheck disable=SC2034  # the scripts that source this file use it
 LABELS=app=nimbus

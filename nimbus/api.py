@@ -215,12 +215,15 @@ def batch_status(request: Request, job_id: str, store: JobStore, settings: Setti
 def cancel_batch(job_id: str, store: JobStore) -> Response:
     """DELETE /v1/batch/<id>: revoke a job that has not finished; 409 if it has."""
     _require_job_id(job_id)
-    status = store.cancel(job_id)
-    if status is None:
+    job = store.fetch(job_id, with_result=False)
+    if job is None:
         raise _job_not_found(job_id, store)
-    if status is not JobStatus.REVOKED:
+    status = job.status if job.is_terminal else store.cancel(job_id)
+    if job.is_terminal or status is not JobStatus.REVOKED:
+        # It finished before (or while) we asked; a second DELETE of a revoked job lands here.
+        finished = (status or job.status).value
         raise Conflict(
-            f"Job {job_id} already finished ({status.value}); only PENDING or STARTED jobs "
+            f"Job {job_id} already finished ({finished}); only PENDING or STARTED jobs "
             "can be cancelled.",
             code="job_finished",
         )

@@ -42,7 +42,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from nimbus.errors import ModelUnavailable
-from nimbus.registry import LoadedModel, ModelRef, RegistryUnreachable
+from nimbus.registry import (
+    RETRY_FAILED_AFTER_SECONDS,
+    LoadedModel,
+    ModelRef,
+    RegistryUnreachable,
+)
 
 if TYPE_CHECKING:
     from nimbus.registry import ModelRegistry
@@ -50,7 +55,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RETRY_FAILED_AFTER_SECONDS = 30.0
 # A check that has not answered after this long counts as an unreachable registry.
 STALLED_CHECK_SECONDS = 10.0
 # A readiness body quotes the cause of a failure; keep it to a few lines.

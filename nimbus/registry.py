@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 MLMODEL_FILE = "MLmodel"
 DEFAULT_REFRESH_SECONDS = 2.0
+RETRY_FAILED_AFTER_SECONDS = 30.0
 
 
 class RegistryUnreachable(ModelUnavailable):
@@ -128,10 +129,10 @@ class ModelRegistry:
         *,
         cache_dir: Path | None = None,
         refresh_seconds: float = DEFAULT_REFRESH_SECONDS,
-        retry_failed_after: float | None = None,
+        retry_failed_after: float = RETRY_FAILED_AFTER_SECONDS,
     ) -> None:
         # model_watch imports this module for its types; importing it here avoids a cycle.
-        from nimbus.model_watch import RETRY_FAILED_AFTER_SECONDS, ModelWatch
+        from nimbus.model_watch import ModelWatch
 
         self.client = client
         self.model_uri = model_uri
@@ -143,11 +144,7 @@ class ModelRegistry:
         self.cache_dir = cache_dir
         self._schemas: dict[ModelRef, InputSchema] = {}
         self._watch = ModelWatch(
-            self,
-            refresh_seconds=refresh_seconds,
-            retry_failed_after=(
-                RETRY_FAILED_AFTER_SECONDS if retry_failed_after is None else retry_failed_after
-            ),
+            self, refresh_seconds=refresh_seconds, retry_failed_after=retry_failed_after
         )
 
     def resolve(self) -> ModelRef:

@@ -22,6 +22,6 @@ def batch_status(request: Request) -> Response:
     job_id = api.job_id_from_path(request.path)
     if job_id is not None:
         routes[request.path.rstrip("/")] = {
-            "GET": lambda: api.batch_status(job_id, clients.job_store)
+            "GET": lambda: api.batch_status(request, job_id, clients.job_store, clients.settings)
         }
     return api.dispatch(request, routes)

@@ -36,7 +36,7 @@ def variables_read(entry: Path) -> set[str]:
     env_of_field = {spec.name: spec.metadata["env"] for spec in fields(Settings)}
     derived = _derived_attributes()
     names: set[str] = set()
-    for attribute in _attributes_reached(entry):
+    for attribute in _settings_attributes_reached(entry):
         if attribute in env_of_field:
             names.add(env_of_field[attribute])
         for field_name in derived.get(attribute, ()):
@@ -87,8 +87,9 @@ def _derived_attributes() -> dict[str, set[str]]:
     return resolved
 
 
-def _attributes_reached(entry: Path) -> set[str]:
-    """Every attribute and name used in the code reachable from `entry`."""
+def _settings_attributes_reached(entry: Path) -> set[str]:
+    """The attributes read off a settings object (`settings.x`, `self.settings.x`) anywhere in
+    the code reachable from `entry`."""
     modules = _module_closure(entry)
     definitions: dict[str, list[ast.AST]] = {}
     imported_names: dict[int, set[str]] = {}
@@ -109,8 +110,8 @@ def _attributes_reached(entry: Path) -> set[str]:
         if id(node) in visited:
             continue
         visited.add(id(node))
+        used |= _read_off_settings(node)
         for name, is_attribute in _names_used(node):
-            used.add(name)
             if not is_attribute and name in module_imports:
                 continue  # a module imported by name (`redis`), not a definition to follow
             if name.startswith("__"):
@@ -121,23 +122,43 @@ def _attributes_reached(entry: Path) -> set[str]:
     return used
 
 
+def _read_off_settings(node: ast.AST) -> set[str]:
+    """`x` of every `settings.x` and `<anything>.settings.x` that running `node` reads (the
+    codebase's one name for a Settings object)."""
+    found = set()
+    for code in _code_run(node):
+        for sub in ast.walk(code):
+            if isinstance(sub, ast.Attribute):
+                receiver = sub.value
+                if (isinstance(receiver, ast.Name) and receiver.id == "settings") or (
+                    isinstance(receiver, ast.Attribute) and receiver.attr == "settings"
+                ):
+                    found.add(sub.attr)
+    return found
+
+
 def _names_used(node: ast.AST) -> Iterator[tuple[str, bool]]:
-    """(name, is an attribute) for the names in `node`; for a class, only what instantiating it runs (its
-    `__init__`): its other methods are reached by their own names, and its class-level
-    declarations (a dataclass's fields) name attributes rather than read them."""
+    """(name, is an attribute) for every name that running `node` uses."""
+    for code in _code_run(node):
+        for sub in ast.walk(code):
+            if isinstance(sub, ast.Attribute):
+                yield sub.attr, True
+            elif isinstance(sub, ast.Name):
+                yield sub.id, False
+
+
+def _code_run(node: ast.AST) -> list[ast.AST]:
+    """What reaching `node` runs. A class runs its `__init__` when instantiated; its other
+    methods are reached by their own names, and its class-level declarations (a dataclass's
+    fields) name attributes rather than read them."""
     if isinstance(node, ast.ClassDef):
-        for statement in node.body:
-            if isinstance(statement, ast.FunctionDef) and statement.name in (
-                "__init__",
-                "__post_init__",
-            ):
-                yield from _names_used(statement)
-        return
-    for sub in ast.walk(node):
-        if isinstance(sub, ast.Attribute):
-            yield sub.attr, True
-        elif isinstance(sub, ast.Name):
-            yield sub.id, False
+        return [
+            statement
+            for statement in node.body
+            if isinstance(statement, ast.FunctionDef)
+            and statement.name in ("__init__", "__post_init__")
+        ]
+    return [node]
 
 
 def _import_bound_names(tree: ast.Module) -> set[str]:

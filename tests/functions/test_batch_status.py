@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -68,3 +69,51 @@ def test_only_get_is_allowed(client, store):
 def test_health_and_ready(client):
     assert client.get("/").get_json() == {"status": "NimbusAPI is running."}
     assert client.get("/ready").status_code == 200
+
+
+def finished(store: JobStore, items: int) -> str:
+    job = store.create([IRIS_SETOSA] * items)
+    claim = store.claim(job.id, owner="test", lease_seconds=30)
+    assert not isinstance(claim, str)
+    store.complete(job.id, epoch=claim.epoch, result=[{"prediction": i} for i in range(items)])
+    return job.id
+
+
+def test_a_long_result_comes_in_pages(client, store):
+    job_id = finished(store, 5)
+
+    first = client.get(f"/v1/batch/{job_id}?limit=2").get_json()
+    last = client.get(f"/v1/batch/{job_id}?offset=4&limit=2").get_json()
+
+    assert first["result"] == [{"prediction": 0}, {"prediction": 1}]
+    assert first["page"] == {
+        "offset": 0,
+        "limit": 2,
+        "total": 5,
+        "next": f"/v1/batch/{job_id}?offset=2&limit=2",
+    }
+    assert last["result"] == [{"prediction": 4}] and last["page"]["next"] is None
+
+
+def test_a_short_result_comes_whole(client, store):
+    body = client.get(f"/v1/batch/{finished(store, 3)}").get_json()
+
+    assert len(body["result"]) == 3 and "page" not in body
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=x", "offset=-1", "limit=100000000"])
+def test_bad_page_arguments_are_400(client, store, query):
+    assert_error(client.get(f"/v1/batch/{finished(store, 1)}?{query}"), 400, "bad_request")
+
+
+def test_an_expired_job_says_so(client, store):
+    short_lived = JobStore(store.connection, finished_ttl=1)
+    job_id = finished(short_lived, 1)
+    deadline = time.monotonic() + 5
+    while store.fetch(job_id) is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+    error = assert_error(client.get(f"/v1/batch/{job_id}"), 404, "job_expired")
+
+    assert "expired" in error["message"]

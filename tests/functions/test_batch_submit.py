@@ -88,3 +88,19 @@ def test_ready_checks_redis_and_pubsub(client):
 
     assert response.status_code == 200
     assert response.get_json()["status"] == "ready"
+
+
+def test_cancel_revokes_a_pending_job_once(client, store):
+    job = store.create([IRIS_SETOSA])
+
+    first = client.delete(f"/v1/batch/{job.id}")
+    again = client.delete(f"/v1/batch/{job.id}")
+
+    assert first.status_code == 200
+    assert first.get_json() == {"job_id": job.id, "status": "REVOKED"}
+    assert_error(again, 409, "job_finished")
+    assert store.fetch(job.id).status is JobStatus.REVOKED
+
+
+def test_cancel_of_an_unknown_job_is_404(client):
+    assert_error(client.delete(f"/v1/batch/{uuid.uuid4()}"), 404, "job_not_found")

@@ -38,7 +38,10 @@ def test_ready_names_the_loaded_model(client):
     response = client.get("/ready")
 
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ready", "model": {"name": "iris", "version": "1"}}
+    body = response.get_json()
+    assert body["status"] == "ready"
+    assert body["model"] == {"name": "iris", "version": "1"}
+    assert body["registry"] == "ok"
 
 
 def assert_error(response, status: int, code: str | None = None) -> dict:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +25,7 @@ from mlflow import MlflowClient
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from mlflow_server.train import PRODUCTION_ALIAS, train_and_register
-from nimbus import api
+from nimbus import api, model_watch
 from nimbus.registry import ModelRegistry
 from tests.integration.test_registry import DIABETES_FIELDS, IRIS_FIELDS, IRIS_ROWS
 
@@ -250,47 +252,66 @@ def test_a_failed_version_is_tried_again_after_the_back_off(
     assert registry.status()["last_error"] is None
 
 
-def test_a_stopped_registry_stops_no_prediction(
-    start_mlflow: Callable[[], MlflowServer], tmp_path: Path
+def test_a_hung_or_stopped_registry_stops_no_prediction(
+    start_mlflow: Callable[[], MlflowServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
+    # A check that hangs counts as unreachable after 1 s here (10 s in service), well before
+    # the MLflow client gives up on it.
+    monkeypatch.setattr(model_watch, "STALLED_CHECK_SECONDS", 1.0)
     server = start_mlflow()
+    assert server.service.process is not None
+    group = server.service.process.pid
     version = train_and_register(server.tracking_uri)
     client = MlflowClient(tracking_uri=server.tracking_uri)
     registry = ModelRegistry(
         client, "models:/iris@production", cache_dir=tmp_path / "cache", refresh_seconds=0.5
     )
     cold = ModelRegistry(client, "models:/iris@production", cache_dir=tmp_path / "cold")
+
+    def unreachable() -> dict[str, Any] | None:
+        status = registry.status()
+        return status if status["registry"] == "unreachable" else None
+
+    calls: list[Call] = []
+    stop = threading.Event()
+    loop = threading.Thread(target=predict_in_a_loop, args=(registry, 0, stop, calls))
     try:
         registry.production()
         assert registry.production_schema().names == IRIS_FIELDS
         assert registry.status()["registry"] == "ok"
-
-        server.stop()
-        calls: list[Call] = []
-        stop = threading.Event()
-        loop = threading.Thread(target=predict_in_a_loop, args=(registry, 0, stop, calls))
         loop.start()
+
+        # The server hangs: it accepts connections and answers none.
+        os.killpg(group, signal.SIGSTOP)
         try:
-            status = wait_for(
-                lambda: (s := registry.status())["registry"] == "unreachable" and s,
-                timeout=10,
-                what="readiness to report the registry unreachable",
-            )
-            time.sleep(1.0)  # more checks against the stopped server
+            hung = wait_for(unreachable, timeout=10, what="a hung registry to be reported")
         finally:
-            stop.set()
-            loop.join(timeout=10)
+            os.killpg(group, signal.SIGCONT)
+        wait_for(
+            lambda: registry.status()["registry"] == "ok",
+            timeout=30,
+            what="the registry to answer again",
+        )
+
+        # The server is gone.
+        server.stop()
+        gone = wait_for(unreachable, timeout=10, what="a stopped registry to be reported")
+        time.sleep(1.0)  # more checks against the stopped server
         ready = api.predict_ready(registry)
         unready = api.predict_ready(cold)
     finally:
+        stop.set()
+        loop.join(timeout=10)
         registry.close()
         cold.close()
 
     assert calls and [call.error for call in calls if call.error is not None] == []
     assert {call.version for call in calls} == {version}
     assert registry.production_schema().names == IRIS_FIELDS
-    assert status["model"] == {"name": "iris", "version": version}
-    assert status["checked_at"] is not None
+    for status in (hung, gone):
+        assert status["model"] == {"name": "iris", "version": version}
+        assert status["last_error"] is None
+    assert gone["checked_at"] > hung["checked_at"]
     # Readiness: still 200 with the cached model, and it says the registry is unreachable.
     assert ready.status_code == 200
     assert ready.get_json()["status"] == "ready"

@@ -2,7 +2,8 @@
 // Nimbus dev stack needs, in one process:
 //
 //   - Pub/Sub: Google's own fake, cloud.google.com/go/pubsub/v2/pstest, as a
-//     gRPC server (point PUBSUB_EMULATOR_HOST at it);
+//     gRPC server (point PUBSUB_EMULATOR_HOST at it), with Seek replay, retry
+//     backoff and dead-lettering fixed in front of it (pubsub.go);
 //   - Cloud Storage: github.com/fsouza/fake-gcs-server/fakestorage over plain
 //     HTTP (point STORAGE_EMULATOR_HOST at it), optionally persisted on disk.
 //
@@ -27,11 +28,7 @@ import (
 	"syscall"
 	"time"
 
-	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
-	"cloud.google.com/go/pubsub/v2/pstest"
 	"github.com/fsouza/fake-gcs-server/fakestorage"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // config is everything the flags decide.
@@ -63,7 +60,7 @@ var bucketName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*[a-z0-9]$`)
 
 // emulators is the running pair.
 type emulators struct {
-	pubsub  *pstest.Server
+	pubsub  *pubsubFront
 	gcs     *fakestorage.Server
 	httpSrv *http.Server
 
@@ -126,7 +123,7 @@ func start(cfg config) (*emulators, error) {
 		}
 	}
 
-	ps, err := newPubsub(net.JoinHostPort(cfg.host, strconv.Itoa(cfg.pubsubPort)))
+	ps, err := newPubsubFront(net.JoinHostPort(cfg.host, strconv.Itoa(cfg.pubsubPort)))
 	if err != nil {
 		gcs.Stop()
 		gcsLn.Close()
@@ -154,43 +151,6 @@ func start(cfg config) (*emulators, error) {
 		}
 	}()
 	return e, nil
-}
-
-// newPubsub starts pstest on addr; pstest panics when it cannot listen, this
-// turns that into an error.
-func newPubsub(addr string) (s *pstest.Server, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("pubsub listen on %s: %v", addr, r)
-		}
-	}()
-	return pstest.NewServerWithAddress(addr, pstest.ServerReactorOption{FuncName: "Seek", Reactor: seekGuard{}}), nil
-}
-
-// seekGuard refuses a Seek to a past time. pstest (v2.9.0) answers one by
-// re-adding the messages published since without their bodies, and the next
-// pull on that subscription dereferences a missing body and crashes the whole
-// process. A Seek to now or later only drops messages (a purge) and passes.
-// Replay will be done differently (see README.md); until then refusing is
-// better than crashing.
-type seekGuard struct{}
-
-func (seekGuard) React(req any) (handled bool, ret any, err error) {
-	r, ok := req.(*pubsubpb.SeekRequest)
-	if !ok {
-		return false, nil, nil
-	}
-	t, ok := r.Target.(*pubsubpb.SeekRequest_Time)
-	if !ok {
-		return false, nil, nil // snapshots: pstest answers Unimplemented itself
-	}
-	if target := t.Time.AsTime(); target.Before(time.Now()) {
-		return true, nil, status.Errorf(codes.FailedPrecondition,
-			"nimbus-emulators: Seek to a past time (%s) is not supported: pstest would lose the message bodies and crash; "+
-				"seek to now or later to purge the subscription, or re-publish the messages to replay them",
-			target.Format(time.RFC3339Nano))
-	}
-	return false, nil, nil
 }
 
 // ensureBucket creates the bucket unless it already exists (with --gcs-root

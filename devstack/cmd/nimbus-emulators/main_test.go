@@ -70,8 +70,9 @@ func TestSmoke(t *testing.T) {
 			t.Fatal(err)
 		}
 
-		// A Seek to the past is refused (pstest would crash on the next pull);
-		// one to the future purges, and the server keeps serving.
+		// A Seek to the past is refused: the subscription keeps no acked
+		// messages. One to the future purges, and the server keeps serving.
+		// (pubsub_test.go covers replays.)
 		_, err = sub.Seek(ctx, &pubsubpb.SeekRequest{Subscription: subName,
 			Target: &pubsubpb.SeekRequest_Time{Time: timestamppb.New(time.Now().Add(-time.Hour))}})
 		if status.Code(err) != codes.FailedPrecondition {

@@ -189,6 +189,9 @@ func TestRoutesReachTheRightUpstream(t *testing.T) {
 			"/v1/batch/6f1c2b9e-8a3e-4e2b-9d1e-0c4f5a6b7c8d", "/v1/batch/6f1c2b9e-8a3e-4e2b-9d1e-0c4f5a6b7c8d", ""},
 		{"GET", "/v1/batch/abc?wait=5&fields=status,result", "", "batch_status", "/v1/batch/abc", "/v1/batch/abc", "wait=5&fields=status,result"},
 		{"GET", "/v1/batch/a%2Fb", "", "batch_status", "/v1/batch/a/b", "/v1/batch/a%2Fb", ""},
+		{"DELETE", "/v1/batch/6f1c2b9e-8a3e-4e2b-9d1e-0c4f5a6b7c8d", "", "batch_submit",
+			"/v1/batch/6f1c2b9e-8a3e-4e2b-9d1e-0c4f5a6b7c8d", "/v1/batch/6f1c2b9e-8a3e-4e2b-9d1e-0c4f5a6b7c8d", ""},
+		{"DELETE", "/v1/batch/abc?reason=typo", "", "batch_submit", "/v1/batch/abc", "/v1/batch/abc", "reason=typo"},
 	}
 	for _, c := range cases {
 		t.Run(c.method+" "+c.path, func(t *testing.T) {
@@ -276,8 +279,9 @@ func TestMethodNotAllowed(t *testing.T) {
 		{"GET", "/v1/predict", "POST"},
 		{"PUT", "/v1/predict", "POST"},
 		{"GET", "/v1/batch", "POST"},
-		{"POST", "/v1/batch/abc", "GET, HEAD"},
-		{"DELETE", "/v1/batch/abc", "GET, HEAD"},
+		{"POST", "/v1/batch/abc", "GET, HEAD, DELETE"},
+		{"PUT", "/v1/batch/abc", "GET, HEAD, DELETE"},
+		{"DELETE", "/v1/batch", "POST"},
 		{"POST", "/", "GET, HEAD"},
 		{"POST", "/ready", "GET, HEAD"},
 		{"OPTIONS", "/healthz", "GET, HEAD"},
