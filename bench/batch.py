@@ -14,6 +14,7 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from itertools import pairwise
 from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -232,7 +233,7 @@ def compute_parts(body: bytes, model: LoadedModel) -> dict[str, float]:
     orjson.dumps(result)
     marks.append(time.perf_counter())
     names = ["decode_s", "validate_s", "predict_s", "result_s", "encode_s"]
-    return {name: end - start for name, start, end in zip(names, marks, marks[1:], strict=True)}
+    return {name: end - start for name, (start, end) in zip(names, pairwise(marks), strict=True)}
 
 
 _LOADED = re.compile(r"loaded (\S+) version (\S+) \((from cache|downloaded)\) in ([0-9.]+)s")

@@ -448,11 +448,15 @@ def measure(stack: Stack, plan: Plan, work_dir: Path) -> dict[str, Any]:
     cold = run_cold_starts(stack, plan, bodies)
 
     logger.info("batch: warming up with one small job")
-    batch.run_job(stack.gateway_url, orjson.dumps(batch.make_rows(100, model.schema.names)), 100)
+    first = batch.run_job(
+        stack.gateway_url, orjson.dumps(batch.make_rows(100, model.schema.names)), 100
+    )
+    logger.info("first job (100 rows, batch_submit builds its clients): %.2f s", first.total_s)
     inline = run_batch_comparison(stack.gateway_url, model, plan.batch_rows, plan.batch_rounds)
     inline_body = orjson.dumps(batch.make_rows(plan.batch_rows, model.schema.names))
     inline["compute_parts_s"] = batch.compute_parts(inline_body, model)
     inline["worker_model_load_s"] = batch.model_load_seconds(stack.log_dir / "worker-1.log")
+    inline["first_job"] = first.to_dict()
     sizes = {str(plan.batch_rows): inline}
     for rows in plan.batch_sizes:
         sizes[str(rows)] = run_batch_comparison(stack.gateway_url, model, rows, plan.batch_rounds)

@@ -25,8 +25,11 @@ from nimbus.errors import (
 )
 from nimbus.http import HEALTH_BODY, answers_errors, json_response, read_json
 from nimbus.jobs import JobStatus
+from nimbus.storage import check_large_job
 
 if TYPE_CHECKING:
+    from google.cloud.storage import Client as StorageClient
+
     from nimbus.bus import JobBus
     from nimbus.config import Settings
     from nimbus.jobs import JobStore
@@ -143,20 +146,25 @@ def submit_batch(
     bus: JobBus,
     registry: ModelRegistry,
     settings: Settings,
+    storage: Callable[[], StorageClient],
 ) -> Response:
-    """Validate the items, record the job, queue it; 202 with its id once Pub/Sub holds it."""
-    items = read_json(request, max_bytes=settings.max_body_bytes)
-    if not isinstance(items, list):
-        raise BadRequest("Send a JSON array of items, each an object of the model's input fields.")
-    if not items:
-        raise ValidationFailed("The batch is empty: send at least one item.", code="empty_batch")
-    if len(items) > settings.max_batch_items:
-        raise PayloadTooLarge(
-            f"The batch has {len(items)} items; at most {settings.max_batch_items} are accepted "
-            "inline (NIMBUS_MAX_BATCH_ITEMS). Split it into several jobs."
-        )
-    registry.production_schema().rows_to_matrix(items)
-    job = store.create(items)
+    """Validate the items, record the job, queue it; 202 with its id once Pub/Sub holds it.
+
+    Items come inline (a JSON array), or for a large job as
+    `{"input_uri": "gs://…/items.jsonl|.csv", "output_uri": "gs://…/"}`.
+    """
+    body = read_json(request, max_bytes=settings.max_body_bytes)
+    if isinstance(body, dict) and "input_uri" in body:
+        unknown = sorted(set(body) - {"input_uri", "output_uri"})
+        if unknown:
+            raise ValidationFailed(
+                "A large job takes input_uri and output_uri only.",
+                details=[{"field": name[:64], "problem": "unknown field"} for name in unknown],
+            )
+        check_large_job(storage(), body["input_uri"], body.get("output_uri"))
+        job = store.create([], input_uri=body["input_uri"], output_uri=body["output_uri"])
+    else:
+        job = store.create(_inline_items(body, registry, settings))
     try:
         bus.publish_job(job.id)
     except ServiceUnavailable:
@@ -168,10 +176,29 @@ def submit_batch(
             error={"code": "queue_unavailable", "message": "The job could not be queued."},
         )
         raise
-    logger.info("job %s accepted: %d items", job.id, len(items))
+    logger.info("job %s accepted: %s", job.id, job.input_uri or f"{job.items} items")
     return json_response(
         {"job_id": job.id, "status": "PENDING"}, 202, headers={"Location": f"/v1/batch/{job.id}"}
     )
+
+
+def _inline_items(body: Any, registry: ModelRegistry, settings: Settings) -> list[Any]:
+    """The items of an inline batch, each checked against the production model's signature."""
+    if not isinstance(body, list):
+        raise BadRequest(
+            "Send a JSON array of items, each an object of the model's input fields, or "
+            '{"input_uri": "gs://…", "output_uri": "gs://…/"} for a large job.'
+        )
+    if not body:
+        raise ValidationFailed("The batch is empty: send at least one item.", code="empty_batch")
+    if len(body) > settings.max_batch_items:
+        raise PayloadTooLarge(
+            f"The batch has {len(body)} items; at most {settings.max_batch_items} are accepted "
+            "inline (NIMBUS_MAX_BATCH_ITEMS). For more, upload them to GCS as .jsonl or .csv "
+            'and submit {"input_uri": "gs://…", "output_uri": "gs://…/"}.'
+        )
+    registry.production_schema().rows_to_matrix(body)
+    return body
 
 
 def submit_ready(store: JobStore, bus: JobBus) -> Response:

@@ -13,6 +13,7 @@ from nimbus.config import Settings
 
 if TYPE_CHECKING:
     import redis
+    from google.cloud.storage import Client as StorageClient
 
     from nimbus.bus import JobBus
     from nimbus.jobs import JobStore
@@ -53,6 +54,12 @@ class Clients:
         return JobBus(
             new_publisher(), self.settings.topic_path, timeout=self.settings.publish_timeout
         )
+
+    @cached_property
+    def storage(self) -> StorageClient:
+        from google.cloud import storage
+
+        return storage.Client()
 
     @cached_property
     def model_registry(self) -> ModelRegistry:

@@ -75,7 +75,11 @@ def read_json(request: Request, *, max_bytes: int) -> Any:
 
 
 def _too_large_message(max_bytes: int) -> str:
-    return f"The request body is larger than {max_bytes} bytes (NIMBUS_MAX_BODY_BYTES)."
+    return (
+        f"The request body is larger than {max_bytes} bytes (NIMBUS_MAX_BODY_BYTES). For a "
+        'large batch, upload the items to GCS and submit {"input_uri": "gs://…", '
+        '"output_uri": "gs://…/"}.'
+    )
 
 
 def _short_reason(exc: orjson.JSONDecodeError) -> str:

@@ -66,7 +66,8 @@ else
   redis.call('HSETNX', KEYS[1], 'started_at', stamp(now))
 end
 redis.call('ZREM', KEYS[2], ARGV[4])
-return {'claimed', epoch, attempts, redis.call('HGET', KEYS[1], 'inputs') or '[]', reprocess}
+local source = redis.call('HMGET', KEYS[1], 'inputs', 'input_uri', 'output_uri')
+return {'claimed', epoch, attempts, source[1] or '[]', reprocess, source[2] or '', source[3] or ''}
 """
 )
 

@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 KEY_PREFIX = "nimbus:"
 DEFAULT_FINISHED_TTL = 7 * 24 * 3600
 
+MAX_STORED_ITEM_ERRORS = 1000
+
 # Finished records outlive their TTL as a tombstone this long, to answer "expired".
 TOMBSTONE_SECONDS = 30 * 24 * 3600
 
@@ -88,6 +90,8 @@ class Claim:
     attempts: int
     inputs: list[dict[str, Any]]
     reprocess: bool = False  # a finished job re-run because the production model changed
+    input_uri: str | None = None  # a large job's items, in GCS (inputs is empty then)
+    output_uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,8 @@ class Job:
     last_error: dict[str, Any] | None = None
     input_uri: str | None = None
     output_uri: str | None = None
+    result_uri: str | None = None
+    errors_total: int = 0
 
     @property
     def is_terminal(self) -> bool:
@@ -126,12 +132,16 @@ class Job:
     def to_public(self) -> dict[str, Any]:
         """The body of GET /v1/batch/<job_id>: the seed's fields first, unset times left out."""
         body: dict[str, Any] = {"job_id": self.id, "status": self.status.value}
-        if self.status is JobStatus.SUCCESS and self.result is not None:
+        if self.status is JobStatus.SUCCESS and self.result is not None and self.input_uri is None:
             body["result"] = self.result
         if self.status is JobStatus.FAILURE and self.error is not None:
             body["error"] = self.error
+        if self.status is JobStatus.SUCCESS and self.result_uri is not None:
+            body["result_uri"] = self.result_uri
         if self.status is JobStatus.SUCCESS and self.item_errors:
             body["errors"] = self.item_errors
+            if self.errors_total > len(self.item_errors):
+                body["errors_total"] = self.errors_total
         if self.model is not None:
             body["model"] = self.model
         if self.input_uri is not None:
@@ -141,7 +151,9 @@ class Job:
         done = (
             self.items if self.status is JobStatus.SUCCESS and not self.reprocessing else self.done
         )
-        body["progress"] = {"done": done, "total": self.items}
+        # A large job's item count is known once its input has been read through.
+        total = None if self.input_uri is not None and not self.is_terminal else self.items
+        body["progress"] = {"done": done, "total": total}
         body["attempts"] = self.attempts
         if self.last_error is not None and not self.is_terminal:
             body["last_error"] = self.last_error
@@ -276,6 +288,8 @@ class JobStore:
             last_error=_json(record["last_error"]),
             input_uri=_text(record["input_uri"]) or None,
             output_uri=_text(record["output_uri"]) or None,
+            result_uri=_text(record["result_uri"]) or None,
+            errors_total=int(record["errors_total"] or 0),
         )
 
     def is_expired(self, job_id: str) -> bool:
@@ -302,13 +316,15 @@ class JobStore:
         verdict = _text(reply[0])
         if verdict != "claimed":
             return ClaimRefused(verdict)
-        _, epoch, attempts, inputs, reprocess = reply
+        _, epoch, attempts, inputs, reprocess, input_uri, output_uri = reply
         return Claim(
             job_id=job_id,
             epoch=int(epoch),
             attempts=int(attempts),
             inputs=orjson.loads(inputs),
             reprocess=bool(int(reprocess)),
+            input_uri=_text(input_uri) or None,
+            output_uri=_text(output_uri) or None,
         )
 
     def extend_lease(
@@ -344,16 +360,25 @@ class JobStore:
         result: list[dict[str, Any]],
         model: dict[str, Any] | None = None,
         item_errors: list[dict[str, Any]] | None = None,
+        items: int | None = None,
+        result_uri: str | None = None,
     ) -> bool:
         """Write the result and SUCCESS together; False (nothing written) if `epoch` is stale.
 
         For a job being reprocessed, the new result replaces the old one and `revision` goes up.
+        A large job's result is an object in GCS: pass `result_uri` and its `items` count.
         """
-        fields: list[str | bytes] = ["result", orjson.dumps(result), "done", str(len(result))]
+        count = len(result) if items is None else items
+        fields: list[str | bytes] = ["result", orjson.dumps(result), "done", str(count)]
+        fields += ["items", str(count)]
+        if result_uri is not None:
+            fields += ["result_uri", result_uri]
         if model is not None:
             fields += ["model", orjson.dumps(model), "model_version", str(model["version"])]
         if item_errors:
-            fields += ["errors", orjson.dumps(item_errors)]
+            # Kept whole up to a point: a million bad rows must not make a 100 MB record.
+            fields += ["errors", orjson.dumps(item_errors[:MAX_STORED_ITEM_ERRORS])]
+            fields += ["errors_total", str(len(item_errors))]
         changed, _ = self._finish_job(job_id, JobStatus.SUCCESS, epoch, fields)
         return changed
 
@@ -448,6 +473,8 @@ _SMALL_FIELDS = (
     "last_error",
     "input_uri",
     "output_uri",
+    "result_uri",
+    "errors_total",
 )
 
 

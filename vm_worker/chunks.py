@@ -11,6 +11,7 @@ import numpy as np
 
 from nimbus.errors import ValidationFailed
 from nimbus.schema import InputSchema
+from nimbus.storage import UnreadableItem
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,10 @@ def predict_chunk(model: Model, items: Sequence[Any], *, offset: int) -> ChunkRe
         return ChunkResult(answers=[{"prediction": value} for value in predictions])
     result = ChunkResult()
     for index, item in enumerate(items, start=offset):
+        if isinstance(item, UnreadableItem):
+            result.answers.append({"prediction": None, "error": item.message})
+            result.errors.append({"index": index, "message": item.message})
+            continue
         try:
             (value,) = model.predict(model.schema.row_to_matrix(item))
         except ITEM_ERRORS as error:

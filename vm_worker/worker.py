@@ -17,14 +17,18 @@ import uuid
 from concurrent import futures
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from nimbus.bus import decode_job_message
 from nimbus.errors import NimbusError, ServiceUnavailable
 from nimbus.jobs import Claim, ClaimRefused
+from nimbus.storage import open_result_writer, read_items, result_uri
 from vm_worker.chunks import chunks, predict_chunk
 from vm_worker.reconciler import reconcile, record_dead_letter
 
 if TYPE_CHECKING:
     from google.cloud import pubsub_v1
+    from google.cloud.storage import Client as StorageClient
 
     from nimbus.bus import JobBus
     from nimbus.config import Settings
@@ -53,9 +57,13 @@ def handle_job(
     owner: str,
     lease_seconds: int,
     chunk_rows: int = 10_000,
+    storage: StorageClient | None = None,
 ) -> Outcome:
     """Claim the job, predict its items chunk by chunk with one model version, and record
-    the result and SUCCESS in one step. A failed attempt gives the job back and raises."""
+    the result and SUCCESS in one step. A failed attempt gives the job back and raises.
+
+    A large job's items are streamed from GCS and its predictions streamed back (`storage`).
+    """
     # The model first: if the registry is down, no claim is taken and the redelivery is free
     # to run the job later. This one model does the whole job: a batch never mixes versions.
     try:
@@ -75,6 +83,10 @@ def handle_job(
         logger.info("· job %s skipped: %s", job_id, claim.value, extra={"job_id": job_id})
         return Outcome.SKIPPED
     try:
+        if claim.input_uri is not None:
+            if storage is None:
+                raise RuntimeError("this worker has no Cloud Storage client for large jobs")
+            return _run_from_storage(claim, store, model, owner, lease_seconds, chunk_rows, storage)
         return _run_claimed(claim, store, model, owner, lease_seconds, chunk_rows)
     except Exception as error:
         store.release(
@@ -156,6 +168,103 @@ def _run_claimed(
     return Outcome.DONE
 
 
+def _run_from_storage(
+    claim: Claim,
+    store: JobStore,
+    model: LoadedModel,
+    owner: str,
+    lease_seconds: int,
+    chunk_rows: int,
+    storage: StorageClient,
+) -> Outcome:
+    """A large job: items streamed from input_uri, one JSON line per item to the result object.
+
+    Memory holds one chunk at a time. The result object appears only when the upload is
+    finalised, after the last chunk: a stopped or failed attempt leaves none behind.
+    """
+    job_id = claim.job_id
+    assert claim.input_uri is not None and claim.output_uri is not None
+    target = result_uri(claim.output_uri, job_id)
+    logger.info(
+        "→ job %s %s: items from %s, attempt %d, %s/%s",
+        job_id,
+        "reprocessing" if claim.reprocess else "started",
+        claim.input_uri,
+        claim.attempts,
+        model.name,
+        model.version,
+        extra={"job_id": job_id},
+    )
+    started = time.perf_counter()
+    done = 0
+    item_errors: list[dict[str, Any]] = []
+    writer = open_result_writer(storage, target)
+    try:
+        for chunk in read_items(storage, claim.input_uri, chunk_rows=chunk_rows):
+            answers = predict_chunk(model, chunk, offset=done)
+            writer.write(
+                b"".join(
+                    orjson.dumps({"index": done + i, **answer}) + b"\n"
+                    for i, answer in enumerate(answers.answers)
+                )
+            )
+            item_errors.extend(answers.errors)
+            done += len(chunk)
+            if not store.extend_lease(
+                job_id, owner=owner, epoch=claim.epoch, lease_seconds=lease_seconds, done=done
+            ):
+                logger.warning(
+                    "■ job %s stopped after %d items: revoked or taken over",
+                    job_id,
+                    done,
+                    extra={"job_id": job_id},
+                )
+                return Outcome.SKIPPED
+    except BaseException:
+        _abandon(writer)
+        raise
+    if done and len(item_errors) == done:
+        _abandon(writer)
+        store.fail(
+            job_id,
+            epoch=claim.epoch,
+            error={
+                "code": "all_items_failed",
+                "message": f"The model rejected every item; the first: {item_errors[0]['message']}",
+            },
+        )
+        return Outcome.FAILED
+    writer.close()
+    written = store.complete(
+        job_id,
+        epoch=claim.epoch,
+        result=[],
+        model={"name": model.name, "version": model.version},
+        item_errors=item_errors,
+        items=done,
+        result_uri=target,
+    )
+    if not written:
+        logger.warning("job %s: result not written, lease lost", job_id, extra={"job_id": job_id})
+        return Outcome.SKIPPED
+    logger.info(
+        "← job %s done: %d items (%d rejected) to %s in %.3fs",
+        job_id,
+        done,
+        len(item_errors),
+        target,
+        time.perf_counter() - started,
+        extra={"job_id": job_id},
+    )
+    return Outcome.DONE
+
+
+def _abandon(writer: Any) -> None:
+    """Cancel an unfinished upload: the result object must not appear half written."""
+    with contextlib.suppress(Exception):
+        writer.terminate()
+
+
 class Worker:
     """Streams job messages into `handle_job`, a few at a time; also records dead-lettered
     jobs as FAILURE and, one worker at a time, republishes jobs whose message was lost."""
@@ -173,6 +282,7 @@ class Worker:
         lease_seconds: int,
         chunk_rows: int,
         reconcile_after: float,
+        storage: StorageClient | None = None,
         name: str | None = None,
     ) -> None:
         """`max_messages` jobs run at once (flow control); a claim lasts `lease_seconds` and
@@ -188,6 +298,7 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.chunk_rows = chunk_rows
         self.reconcile_after = reconcile_after
+        self.storage = storage
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._stop = threading.Event()
         self._last_heartbeat = -float(HEARTBEAT_SECONDS)
@@ -196,7 +307,7 @@ class Worker:
     @classmethod
     def from_settings(cls, settings: Settings) -> Worker:
         import redis
-        from google.cloud import pubsub_v1
+        from google.cloud import pubsub_v1, storage
         from mlflow import MlflowClient
 
         from nimbus.bus import JobBus, new_publisher
@@ -230,6 +341,7 @@ class Worker:
             lease_seconds=settings.lease_seconds,
             chunk_rows=settings.chunk_rows,
             reconcile_after=settings.reconcile_after,
+            storage=storage.Client(),
         )
 
     def on_message(self, message: Any) -> None:
@@ -249,6 +361,7 @@ class Worker:
                 owner=self.name,
                 lease_seconds=self.lease_seconds,
                 chunk_rows=self.chunk_rows,
+                storage=self.storage,
             )
         except NimbusError as error:
             logger.warning("↻ job %s retry: %s", job_id, error.message, extra={"job_id": job_id})

@@ -18,7 +18,12 @@ configure_logging(clients.settings.log_level)
 def batch_submit(request: Request) -> Response:
     def submit() -> Response:
         return api.submit_batch(
-            request, clients.job_store, clients.job_bus, clients.model_registry, clients.settings
+            request,
+            clients.job_store,
+            clients.job_bus,
+            clients.model_registry,
+            clients.settings,
+            storage=lambda: clients.storage,
         )
 
     routes: dict[str, dict[str, api.Handler]] = {

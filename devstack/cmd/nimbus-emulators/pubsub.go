@@ -14,6 +14,9 @@ package main
 //     with the attributes Pub/Sub adds (pstest forwards the same message again
 //     every 10 ms for as long as it keeps it). delivery_attempt counts per
 //     subscription.
+//   - A retry that comes due when pstest would drop the message (it drops any
+//     message that becomes available 10 minutes after its publish) is
+//     delivered as a re-published copy instead, looking like the original.
 //
 // Everything else is pstest's own behaviour. README.md lists what differs from
 // Pub/Sub.
@@ -39,14 +42,16 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-// A replayed message is re-published to its topic with these attributes; the
-// front delivers it to the subscription named in the first one only, as the
-// original (id, publish time, attributes), and acks it unseen everywhere else.
+// A replayed (or refreshed) message is re-published to its topic with these
+// attributes; the front delivers it to the subscription named in the first one
+// only, as the original (id, publish time, attributes), and acks it unseen
+// everywhere else.
 const (
 	reservedAttrPrefix = "nimbus-emulator-"
 	attrReplayFor      = reservedAttrPrefix + "replay-subscription"
 	attrReplayOf       = reservedAttrPrefix + "replay-message-id"
 	attrReplayTime     = reservedAttrPrefix + "replay-publish-time"
+	attrAttempts       = reservedAttrPrefix + "attempts" // a refreshed retry's count so far
 )
 
 // Defaults and bounds of Pub/Sub's RetryPolicy and DeadLetterPolicy.
@@ -62,6 +67,11 @@ const (
 	seekSkew = 2 * time.Second
 	// Deliveries not heard of for this long are forgotten (pstest dropped them).
 	trackIdle = time.Hour
+	// pstest drops a message that becomes available this long after it was
+	// published (retentionDuration in pstest/fake.go, not configurable) ...
+	pstestKeeps = 10 * time.Minute
+	// ... so a retry released this long after its publish goes out as a copy.
+	refreshAfter = pstestKeeps / 2
 )
 
 // pubsubFront serves pstest's GServer on its own gRPC server.
@@ -102,6 +112,7 @@ type delivery struct {
 	ackID    string            // ack id of the latest of them
 	leased   bool              // the latest is with the client (not nacked, not held back)
 	msg      *pb.PubsubMessage // as the client saw it
+	born     time.Time         // when pstest's copy was published (its 10-minute clock)
 	seen     time.Time
 }
 
@@ -134,7 +145,7 @@ func newPubsubFront(addr string) (*pubsubFront, error) {
 	pb.RegisterPublisherServer(f.srv, publisherFront{PublisherServer: f.gs, f: f})
 	pb.RegisterSubscriberServer(f.srv, subscriberFront{SubscriberServer: f.gs, f: f})
 	pb.RegisterSchemaServiceServer(f.srv, f.gs)
-	go f.srv.Serve(ln) //nolint:errcheck // returns when Close stops it
+	go f.srv.Serve(ln) // returns when Close stops it
 	go f.pruneLoop()
 	return f, nil
 }
@@ -521,11 +532,13 @@ func (f *pubsubFront) outgoing(sub string, in []*pb.ReceivedMessage) (out []*pb.
 			continue
 		}
 		msg := rm.Message
+		carried := 0 // attempts a refreshed retry had before
 		if target, ok := msg.Attributes[attrReplayFor]; ok {
 			if target != sub {
 				later = append(later, f.ackLater(sub, rm.AckId))
 				continue
 			}
+			carried, _ = strconv.Atoi(msg.Attributes[attrAttempts])
 			msg = replayView(msg)
 		}
 		if !st.managed() {
@@ -547,16 +560,17 @@ func (f *pubsubFront) outgoing(sub string, in []*pb.ReceivedMessage) (out []*pb.
 			}
 			if wait := backoff(st.retry, d.attempts); wait > 0 {
 				d.ackID, d.leased, d.seen = rm.AckId, false, now
-				later = append(later, f.holdLater(sub, rm.AckId, wait))
+				later = append(later, f.holdLater(sub, rm.AckId, wait, *d))
 				continue
 			}
 		}
 		if d == nil {
-			d = &delivery{}
+			d = &delivery{attempts: carried}
 			f.tracked[key] = d
 		}
 		d.attempts++
 		d.ackID, d.leased, d.msg, d.seen = rm.AckId, true, msg, now
+		d.born = rm.Message.GetPublishTime().AsTime()
 		var attempt int32
 		if st.deadLetter != nil {
 			attempt = int32(d.attempts)
@@ -589,7 +603,12 @@ func (f *pubsubFront) nacked(sub string, ackIDs []string) (rest []string, later 
 			continue
 		}
 		if wait := backoff(st.retry, d.attempts); wait > 0 {
-			later = append(later, f.holdLater(sub, id, wait))
+			later = append(later, f.holdLater(sub, id, wait, *d))
+			continue
+		}
+		if f.now().Sub(d.born) >= refreshAfter {
+			snap := *d
+			later = append(later, func() { f.release(sub, id, snap) })
 			continue
 		}
 		rest = append(rest, id)
@@ -647,21 +666,64 @@ func backoff(rp *pb.RetryPolicy, attempts int) time.Duration {
 }
 
 // holdLater keeps the message leased (so pstest does not redeliver it) and
-// nacks it for real once wait has passed.
-func (f *pubsubFront) holdLater(sub, ackID string, wait time.Duration) func() {
+// releases it once wait has passed.
+func (f *pubsubFront) holdLater(sub, ackID string, wait time.Duration, d delivery) func() {
 	return func() {
 		secs := int32((wait+time.Second-1)/time.Second) + 1
 		_, _ = f.gs.ModifyAckDeadline(context.Background(), &pb.ModifyAckDeadlineRequest{Subscription: sub, AckIds: []string{ackID}, AckDeadlineSeconds: secs})
 		time.AfterFunc(wait, func() {
 			select {
 			case <-f.done:
-				return
 			default:
+				f.release(sub, ackID, d)
 			}
-			// Acked meanwhile, or purged by a Seek: pstest ignores the nack.
-			_, _ = f.gs.ModifyAckDeadline(context.Background(), &pb.ModifyAckDeadlineRequest{Subscription: sub, AckIds: []string{ackID}, AckDeadlineSeconds: 0})
 		})
 	}
+}
+
+// release makes a held-back or nacked message deliverable again: a nack in
+// pstest, or, if pstest would drop it on the spot for its age, a copy
+// re-published for sub alone carrying the attempts so far (delivered as the
+// original) and an ack of the old one. If it was acked or purged meanwhile,
+// pstest ignores the nack, and a copy is not made.
+func (f *pubsubFront) release(sub, ackID string, d delivery) {
+	ctx := context.Background()
+	if f.now().Sub(d.born) < refreshAfter || d.msg == nil {
+		_, _ = f.gs.ModifyAckDeadline(ctx, &pb.ModifyAckDeadlineRequest{Subscription: sub, AckIds: []string{ackID}})
+		return
+	}
+	key := trackKey{sub, msgIDOf(ackID)}
+	f.mu.Lock()
+	cur := f.tracked[key]
+	current := cur != nil && cur.ackID == ackID && !cur.leased
+	if current {
+		delete(f.tracked, key)
+	}
+	f.mu.Unlock()
+	if !current {
+		return // acked, purged, or already handled
+	}
+	topic := ""
+	if s, err := f.gs.GetSubscription(ctx, &pb.GetSubscriptionRequest{Subscription: sub}); err == nil {
+		topic = s.Topic
+	}
+	attrs := make(map[string]string, len(d.msg.Attributes)+4)
+	for k, v := range d.msg.Attributes {
+		attrs[k] = v
+	}
+	attrs[attrReplayFor] = sub
+	attrs[attrReplayOf] = d.msg.MessageId
+	attrs[attrReplayTime] = d.msg.GetPublishTime().AsTime().UTC().Format(time.RFC3339Nano)
+	attrs[attrAttempts] = strconv.Itoa(d.attempts)
+	_, err := f.publish(ctx, &pb.PublishRequest{Topic: topic, Messages: []*pb.PubsubMessage{{
+		Data: d.msg.Data, Attributes: attrs, OrderingKey: d.msg.OrderingKey,
+	}}})
+	if err != nil {
+		log.Printf("re-publishing %s for %s: %v; nacking it instead", d.msg.MessageId, sub, err)
+		_, _ = f.gs.ModifyAckDeadline(ctx, &pb.ModifyAckDeadlineRequest{Subscription: sub, AckIds: []string{ackID}})
+		return
+	}
+	_, _ = f.gs.Acknowledge(ctx, &pb.AcknowledgeRequest{Subscription: sub, AckIds: []string{ackID}})
 }
 
 func (f *pubsubFront) ackLater(sub, ackID string) func() {

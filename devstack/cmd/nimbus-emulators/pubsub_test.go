@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
+	"io"
+	"log"
 	"maps"
+	"os"
 	"sort"
 	"strconv"
 	"sync"
@@ -23,6 +27,16 @@ import (
 )
 
 const project = "nimbus-local"
+
+// TestMain keeps the emulator's log lines (one per replay) out of the test
+// output unless -v.
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if !testing.Verbose() {
+		log.SetOutput(io.Discard)
+	}
+	os.Exit(m.Run())
+}
 
 func topicName(id string) string { return "projects/" + project + "/topics/" + id }
 func subName(id string) string   { return "projects/" + project + "/subscriptions/" + id }
@@ -584,5 +598,77 @@ func TestBackoff(t *testing.T) {
 	}
 	if got := backoff(&pb.RetryPolicy{MinimumBackoff: durationpb.New(0)}, 4); got != 0 {
 		t.Errorf("zero minimum: %v", got)
+	}
+}
+
+// TestOldRetryIsRepublished: pstest drops a message that becomes available
+// 10 minutes after its publish; a retry released that late is delivered as a
+// copy that looks like the original and keeps counting attempts. On a
+// subscription without policies pstest's limit stands.
+func TestOldRetryIsRepublished(t *testing.T) {
+	t.Parallel()
+	x := newFixture(t)
+	ctx := context.Background()
+	topic, dead := x.topic(t, "jobs"), x.topic(t, "jobs-dead")
+	managed := x.subscription(t, &pb.Subscription{Name: subName("managed"), Topic: topic, AckDeadlineSeconds: 60,
+		RetryPolicy:      &pb.RetryPolicy{MinimumBackoff: durationpb.New(300 * time.Millisecond), MaximumBackoff: durationpb.New(300 * time.Millisecond)},
+		DeadLetterPolicy: &pb.DeadLetterPolicy{DeadLetterTopic: dead}}).Name
+	plain := x.subscription(t, &pb.Subscription{Name: subName("plain"), Topic: topic, AckDeadlineSeconds: 60}).Name
+
+	published := time.Now().Add(-pstestKeeps + 2*time.Second)
+	x.f.ps.SetTimeNowFunc(func() time.Time { return published })
+	id := x.publish(t, topic, "old job", map[string]string{"k": "v"})
+	x.f.ps.SetTimeNowFunc(time.Now)
+
+	pull := func(sub string, within time.Duration) *pb.ReceivedMessage {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for time.Now().Before(deadline) {
+			res, err := x.sub.Pull(ctx, &pb.PullRequest{Subscription: sub, MaxMessages: 10})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.ReceivedMessages) > 0 {
+				return res.ReceivedMessages[0]
+			}
+		}
+		return nil
+	}
+	nack := func(sub, ackID string) {
+		t.Helper()
+		if _, err := x.sub.ModifyAckDeadline(ctx, &pb.ModifyAckDeadlineRequest{Subscription: sub, AckIds: []string{ackID}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m1, p1 := pull(managed, 5*time.Second), pull(plain, 5*time.Second)
+	if m1 == nil || p1 == nil {
+		t.Fatal("first delivery missing")
+	}
+	time.Sleep(2500 * time.Millisecond) // now more than 10 minutes after the publish
+	nack(managed, m1.AckId)
+	nack(plain, p1.AckId)
+
+	m2 := pull(managed, 5*time.Second)
+	if m2 == nil {
+		t.Fatal("the retry of an old message was lost")
+	}
+	if m2.Message.MessageId != id || string(m2.Message.Data) != "old job" || !maps.Equal(m2.Message.Attributes, map[string]string{"k": "v"}) ||
+		!m2.Message.PublishTime.AsTime().Equal(m1.Message.PublishTime.AsTime()) || m2.DeliveryAttempt != 2 {
+		t.Errorf("retry %v, want the original %v as attempt 2", m2, m1)
+	}
+	nack(managed, m2.AckId)
+	m3 := pull(managed, 5*time.Second)
+	if m3 == nil || m3.Message.MessageId != id || m3.DeliveryAttempt != 3 {
+		t.Fatalf("third attempt %v", m3)
+	}
+	if _, err := x.sub.Acknowledge(ctx, &pb.AcknowledgeRequest{Subscription: managed, AckIds: []string{m3.AckId}}); err != nil {
+		t.Fatal(err)
+	}
+	if m := pull(managed, time.Second); m != nil {
+		t.Errorf("delivered after its ack: %v", m)
+	}
+	// pstest's own limit, on a subscription the emulator does not manage.
+	if p := pull(plain, time.Second); p != nil {
+		t.Logf("pstest kept a message nacked 10 minutes after its publish (its limit changed?): %v", p)
 	}
 }
