@@ -101,12 +101,8 @@ def test_a_bad_large_job_is_422_naming_the_field(stack: Stack, bucket: storage.B
 
 
 def test_too_many_inline_items_point_to_input_uri(stack: Stack):
-    response = (
-        submit(stack, items=None)
-        if False
-        else requests.post(
-            f"{stack.gateway_url}/v1/batch", json=[IRIS_SETOSA] * 100_001, timeout=60
-        )
+    response = requests.post(
+        f"{stack.gateway_url}/v1/batch", json=[IRIS_SETOSA] * 100_001, timeout=60
     )
 
     assert response.status_code == 413
