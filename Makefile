@@ -26,7 +26,7 @@ run: install
 test: install lint gotest
 	$(BIN)/pytest
 
-install: $(VENV)/.synced $(DEVSTACK_BIN) redis
+install: $(VENV)/.synced $(DEVSTACK_BIN) redis shellcheck postgresql compose
 
 # uv itself lives in its own small venv so `uv sync` can keep .venv exactly as uv.lock says.
 $(UV):
@@ -46,6 +46,32 @@ redis:
 	  echo "installing redis-server (Debian package)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+
+# tests/deploy: shellcheck lints deploy/*.sh; PostgreSQL stands in for Cloud SQL (Debian's).
+.PHONY: shellcheck postgresql compose
+shellcheck:
+	@command -v shellcheck >/dev/null || { \
+	  echo "installing shellcheck (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq shellcheck >/dev/null; }
+
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing postgresql (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
+# `docker compose config` checks docker-compose.yml without a Docker engine; when the docker
+# CLI has no compose plugin, one is built from its Go module (pinned in deploy/tools/compose).
+COMPOSE_PLUGIN := .tools/docker/cli-plugins/docker-compose
+compose:
+	@docker compose version >/dev/null 2>&1 || $(MAKE) --no-print-directory $(COMPOSE_PLUGIN)
+
+$(COMPOSE_PLUGIN): deploy/tools/compose/go.mod deploy/tools/compose/go.sum
+	cd deploy/tools/compose && $(GO) build -trimpath -o $(CURDIR)/$@ \
+	  -ldflags "-s -X github.com/docker/compose/v5/internal.Version=v5.6.0" \
+	  github.com/docker/compose/v5/cmd
 
 # The side-by-side benchmark (bench/README.md): its own stack on free ports, about 8 minutes.
 bench: install wrk

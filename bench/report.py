@@ -174,7 +174,7 @@ def format_targets(checks: Sequence[TargetCheck]) -> str:
         verdict = "PASS" if check.passed else "FAIL"
         sign = "≥" if check.at_least else "≤"
         value = f"{check.value:.2f}{check.unit}" if check.unit else f"{check.value:g}"
-        limit = f"{check.limit:g}{check.unit}"
+        limit = f"{check.limit:.3g}{check.unit}"
         note = f"  ({check.note})" if check.note else ""
         lines.append(f"{verdict}  {check.name:<52} {value:>9} (target {sign} {limit}){note}")
     return "\n".join(lines)

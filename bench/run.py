@@ -72,7 +72,7 @@ class Plan:
     batch_sizes: tuple[int, ...] = (1_000, 10_000)
     workers: tuple[int, ...] = (1, 2, 4)
     concurrent_jobs: int = 8
-    rows_per_concurrent_job: int = 10_000
+    rows_per_concurrent_job: int = 25_000
 
     @classmethod
     def for_args(cls, args: argparse.Namespace) -> Plan:
@@ -90,7 +90,7 @@ class Plan:
                 batch_sizes=(1_000,),
                 workers=(1, 2),
                 concurrent_jobs=4,
-                rows_per_concurrent_job=5_000,
+                rows_per_concurrent_job=10_000,
             )
             if args.quick
             else cls(quick=False)

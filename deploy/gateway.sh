@@ -17,7 +17,10 @@ EOF
 
 function_url() {
   lookup "https://$1-DRY-RUN-$REGION.a.run.app" gcloud functions describe "$1" \
-    --project="$PROJECT_ID" --region="$REGION" --format='value(serviceConfig.uri)'
+    \
+      --project="$PROJECT_ID" \
+      --region="$REGION" \
+      --format='value(serviceConfig.uri)'
 }
 
 # render: the spec with each ${..._URL} placeholder replaced; sets CONFIG_ID from its content.
@@ -49,7 +52,9 @@ main() {
       --project="$PROJECT_ID" \
       --labels="$LABELS"
   fi
-  if ! exists gcloud api-gateway api-configs describe "$CONFIG_ID" --project="$PROJECT_ID" --api="$API_ID"; then
+  if ! exists gcloud api-gateway api-configs describe "$CONFIG_ID" \
+    --project="$PROJECT_ID" \
+    --api="$API_ID"; then
     run gcloud api-gateway api-configs create "$CONFIG_ID" \
       --project="$PROJECT_ID" \
       --api="$API_ID" \
@@ -57,7 +62,9 @@ main() {
       --backend-auth-service-account="$(service_account nimbus-gateway)" \
       --labels="$LABELS"
   fi
-  if exists gcloud api-gateway gateways describe "$GATEWAY_ID" --project="$PROJECT_ID" --location="$GATEWAY_REGION"; then
+  if exists gcloud api-gateway gateways describe "$GATEWAY_ID" \
+    --project="$PROJECT_ID" \
+    --location="$GATEWAY_REGION"; then
     run gcloud api-gateway gateways update "$GATEWAY_ID" \
       --project="$PROJECT_ID" \
       --location="$GATEWAY_REGION" \
@@ -73,7 +80,10 @@ main() {
   fi
   local host
   host=$(lookup "$GATEWAY_ID-DRY-RUN.uc.gateway.dev" gcloud api-gateway gateways describe "$GATEWAY_ID" \
-    --project="$PROJECT_ID" --location="$GATEWAY_REGION" --format='value(defaultHostname)')
+    \
+      --project="$PROJECT_ID" \
+      --location="$GATEWAY_REGION" \
+      --format='value(defaultHostname)')
   say "the base URL: https://$host  (try: curl https://$host/)"
 }
 

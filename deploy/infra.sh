@@ -83,13 +83,16 @@ bucket() {
   local account
   for account in nimbus-predict nimbus-batch-submit nimbus-vm; do
     run gcloud storage buckets add-iam-policy-binding "gs://$BUCKET" \
+      --project="$PROJECT_ID" \
       --member="serviceAccount:$(service_account "$account")" \
       --role=roles/storage.objectViewer
   done
 }
 
 redis() {
-  if ! exists gcloud redis instances describe "$REDIS_INSTANCE" --project="$PROJECT_ID" --region="$REGION"; then
+  if ! exists gcloud redis instances describe "$REDIS_INSTANCE" \
+    --project="$PROJECT_ID" \
+    --region="$REGION"; then
     run gcloud redis instances create "$REDIS_INSTANCE" \
       --project="$PROJECT_ID" \
       --region="$REGION" \
@@ -106,10 +109,22 @@ redis() {
       --labels="$LABELS"
   fi
   local host port auth ca
-  host=$(lookup REDIS_HOST gcloud redis instances describe "$REDIS_INSTANCE" --project="$PROJECT_ID" --region="$REGION" --format='value(host)')
-  port=$(lookup 6378 gcloud redis instances describe "$REDIS_INSTANCE" --project="$PROJECT_ID" --region="$REGION" --format='value(port)')
-  auth=$(lookup REDIS_AUTH_STRING gcloud redis instances get-auth-string "$REDIS_INSTANCE" --project="$PROJECT_ID" --region="$REGION" --format='value(authString)')
-  ca=$(lookup REDIS_SERVER_CA gcloud redis instances describe "$REDIS_INSTANCE" --project="$PROJECT_ID" --region="$REGION" --format='value(serverCaCerts[0].cert)')
+  host=$(lookup REDIS_HOST gcloud redis instances describe "$REDIS_INSTANCE" \
+    --project="$PROJECT_ID" \
+    --region="$REGION" \
+    --format='value(host)')
+  port=$(lookup 6378 gcloud redis instances describe "$REDIS_INSTANCE" \
+    --project="$PROJECT_ID" \
+    --region="$REGION" \
+    --format='value(port)')
+  auth=$(lookup REDIS_AUTH_STRING gcloud redis instances get-auth-string "$REDIS_INSTANCE" \
+    --project="$PROJECT_ID" \
+    --region="$REGION" \
+    --format='value(authString)')
+  ca=$(lookup REDIS_SERVER_CA gcloud redis instances describe "$REDIS_INSTANCE" \
+    --project="$PROJECT_ID" \
+    --region="$REGION" \
+    --format='value(serverCaCerts[0].cert)')
   # The CA is this instance's own, so trusting it is the check; the server's certificate does
   # not name the IP the clients dial, hence no hostname check.
   put_secret nimbus-redis-url \
@@ -121,7 +136,9 @@ redis() {
 
 cloud_sql() {
   # Cloud SQL's private IP comes from a range peered with Google's service network.
-  if ! exists gcloud compute addresses describe "$PSA_RANGE" --project="$PROJECT_ID" --global; then
+  if ! exists gcloud compute addresses describe "$PSA_RANGE" \
+    --project="$PROJECT_ID" \
+    --global; then
     run gcloud compute addresses create "$PSA_RANGE" \
       --project="$PROJECT_ID" \
       --global \
@@ -130,7 +147,11 @@ cloud_sql() {
       --network="$NETWORK"
   fi
   local ranges
-  ranges=$(lookup "" gcloud services vpc-peerings list --project="$PROJECT_ID" --network="$NETWORK" --service=servicenetworking.googleapis.com --format='value(reservedPeeringRanges)')
+  ranges=$(lookup "" gcloud services vpc-peerings list \
+    --project="$PROJECT_ID" \
+    --network="$NETWORK" \
+    --service=servicenetworking.googleapis.com \
+    --format='value(reservedPeeringRanges)')
   if [[ -z $ranges ]]; then
     run gcloud services vpc-peerings connect \
       --project="$PROJECT_ID" \
@@ -162,7 +183,9 @@ cloud_sql() {
       --ssl-mode=ENCRYPTED_ONLY \
       --deletion-protection
   fi
-  if ! exists gcloud sql databases describe "$SQL_DATABASE" --project="$PROJECT_ID" --instance="$SQL_INSTANCE"; then
+  if ! exists gcloud sql databases describe "$SQL_DATABASE" \
+    --project="$PROJECT_ID" \
+    --instance="$SQL_INSTANCE"; then
     run gcloud sql databases create "$SQL_DATABASE" \
       --project="$PROJECT_ID" \
       --instance="$SQL_INSTANCE"
@@ -173,13 +196,17 @@ cloud_sql() {
   else
     local password ip
     password=$(new_password)
-    ip=$(lookup SQL_PRIVATE_IP gcloud sql instances describe "$SQL_INSTANCE" --project="$PROJECT_ID" --format='value(ipAddresses[0].ipAddress)')
+    ip=$(lookup SQL_PRIVATE_IP gcloud sql instances describe "$SQL_INSTANCE" \
+      --project="$PROJECT_ID" \
+      --format='value(ipAddresses[0].ipAddress)')
     run gcloud sql users create "$SQL_USER" \
       --project="$PROJECT_ID" \
       --instance="$SQL_INSTANCE" \
       --password="$password"
+    # The driver named: SQLAlchemy 2.1 takes a bare postgresql:// for psycopg 3, which the
+    # server image does not have; psycopg2 is the one MLflow's `server` extra brings.
     put_secret nimbus-mlflow-db-url \
-      "postgresql://$SQL_USER:$password@$ip:5432/$SQL_DATABASE?sslmode=require"
+      "postgresql+psycopg2://$SQL_USER:$password@$ip:5432/$SQL_DATABASE?sslmode=require"
   fi
   grant_secret nimbus-mlflow-db-url nimbus-vm
 }
@@ -198,7 +225,9 @@ new_password() {
 put_secret() {
   local name=$1 value=$2
   if exists gcloud secrets describe "$name" --project="$PROJECT_ID"; then
-    if ! is_dry_run && [[ $(gcloud secrets versions access latest --secret="$name" --project="$PROJECT_ID") == "$value" ]]; then
+    if ! is_dry_run && [[ $(gcloud secrets versions access latest \
+      --secret="$name" \
+      --project="$PROJECT_ID") == "$value" ]]; then
       return 0
     fi
     run_with_stdin "$value" gcloud secrets versions add "$name" \
@@ -236,7 +265,9 @@ grant_secret() {
 }
 
 connector() {
-  if ! exists gcloud compute networks vpc-access connectors describe "$VPC_CONNECTOR" --project="$PROJECT_ID" --region="$REGION"; then
+  if ! exists gcloud compute networks vpc-access connectors describe "$VPC_CONNECTOR" \
+    --project="$PROJECT_ID" \
+    --region="$REGION"; then
     run gcloud compute networks vpc-access connectors create "$VPC_CONNECTOR" \
       --project="$PROJECT_ID" \
       --region="$REGION" \
@@ -250,13 +281,18 @@ connector() {
 
 nat_and_registry() {
   # The VMs install Docker and pull images without a public address of their own.
-  if ! exists gcloud compute routers describe nimbus-router --project="$PROJECT_ID" --region="$REGION"; then
+  if ! exists gcloud compute routers describe nimbus-router \
+    --project="$PROJECT_ID" \
+    --region="$REGION"; then
     run gcloud compute routers create nimbus-router \
       --project="$PROJECT_ID" \
       --region="$REGION" \
       --network="$NETWORK"
   fi
-  if ! exists gcloud compute routers nats describe nimbus-nat --project="$PROJECT_ID" --region="$REGION" --router=nimbus-router; then
+  if ! exists gcloud compute routers nats describe nimbus-nat \
+    --project="$PROJECT_ID" \
+    --region="$REGION" \
+    --router=nimbus-router; then
     run gcloud compute routers nats create nimbus-nat \
       --project="$PROJECT_ID" \
       --region="$REGION" \
@@ -264,7 +300,9 @@ nat_and_registry() {
       --auto-allocate-nat-external-ips \
       --nat-all-subnet-ip-ranges
   fi
-  if ! exists gcloud artifacts repositories describe "$ARTIFACT_REPO" --project="$PROJECT_ID" --location="$REGION"; then
+  if ! exists gcloud artifacts repositories describe "$ARTIFACT_REPO" \
+    --project="$PROJECT_ID" \
+    --location="$REGION"; then
     run gcloud artifacts repositories create "$ARTIFACT_REPO" \
       --project="$PROJECT_ID" \
       --location="$REGION" \

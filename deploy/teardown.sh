@@ -51,7 +51,9 @@ main() {
     --location="$GATEWAY_REGION" \
     --quiet
   local config
-  for config in $(lookup "$API_ID-CONFIG" gcloud api-gateway api-configs list "$p" --api="$API_ID" --format='value(name.basename())'); do
+  for config in $(lookup "$API_ID-CONFIG" gcloud api-gateway api-configs list "$p" \
+    --api="$API_ID" \
+    --format='value(name.basename())'); do
     run gcloud api-gateway api-configs delete "$config" "$p" \
       --api="$API_ID" \
       --quiet
@@ -86,7 +88,9 @@ main() {
     --zone="$ZONE" \
     --quiet
   local template
-  for template in $(lookup "$VM_GROUP-TEMPLATE" gcloud compute instance-templates list "$p" --filter="name~^$VM_GROUP-" --format='value(name)'); do
+  for template in $(lookup "$VM_GROUP-TEMPLATE" gcloud compute instance-templates list "$p" \
+    --filter="name~^$VM_GROUP-" \
+    --format='value(name)'); do
     run gcloud compute instance-templates delete "$template" "$p" \
       --quiet
   done

@@ -11,8 +11,13 @@ METADATA=http://metadata.google.internal/computeMetadata/v1/instance/attributes
 CONFIG_DIR=/etc/nimbus
 
 metadata() {
-  curl --fail --silent --show-error --retry 5 --retry-connrefused \
-    -H 'Metadata-Flavor: Google' "$METADATA/$1"
+  curl "$METADATA/$1" \
+    --header 'Metadata-Flavor: Google' \
+    --fail \
+    --silent \
+    --show-error \
+    --retry 5 \
+    --retry-connrefused
 }
 
 # Every call here may meet a network still coming up, or a service's brief hiccup.
@@ -54,7 +59,9 @@ write_config() {
   secrets=$(metadata nimbus-secrets)
   while IFS='=' read -r name secret; do
     [[ -n $name && $name != \#* ]] || continue
-    value=$(retry gcloud secrets versions access latest --secret="$secret" --quiet)
+    value=$(retry gcloud secrets versions access latest \
+      --secret="$secret" \
+      --quiet)
     if [[ $name == /* ]]; then
       # A file the containers mount read-only; a CA certificate is not secret.
       install -m 0755 -d "$(dirname "$name")"
@@ -69,13 +76,21 @@ write_config() {
 }
 
 start() {
-  local compose=(docker compose --project-directory "$CONFIG_DIR" --env-file "$CONFIG_DIR/nimbus.env"
-    -f "$CONFIG_DIR/docker-compose.yml")
+  local compose=(
+    docker compose
+    --project-directory="$CONFIG_DIR"
+    --env-file="$CONFIG_DIR/nimbus.env"
+    --file="$CONFIG_DIR/docker-compose.yml"
+  )
   local registry
   registry=$(sed -n "s/^NIMBUS_WORKER_IMAGE='\{0,1\}\([^/']*\)\/.*/\1/p" "$CONFIG_DIR/nimbus.env")
-  gcloud auth configure-docker "$registry" --quiet
-  retry "${compose[@]}" pull --quiet
-  "${compose[@]}" up -d --remove-orphans
+  gcloud auth configure-docker "$registry" \
+    --quiet
+  retry "${compose[@]}" pull \
+    --quiet
+  "${compose[@]}" up \
+    --detach \
+    --remove-orphans
 }
 
 main() {

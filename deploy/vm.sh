@@ -59,7 +59,9 @@ IAP_RANGE=35.235.240.0/20
 
 images() {
   if [[ -z ${IMAGE_TAG:-} ]]; then
-    IMAGE_TAG=$(git describe --always --dirty 2>/dev/null || echo latest)
+    IMAGE_TAG=$(git describe \
+      --always \
+      --dirty 2>/dev/null || echo latest)
   fi
   local registry=$REGION-docker.pkg.dev/$PROJECT_ID/$ARTIFACT_REPO
   NIMBUS_WORKER_IMAGE=$registry/worker:$IMAGE_TAG
@@ -111,7 +113,9 @@ firewall() {
 }
 
 health_check() {
-  if exists gcloud compute health-checks describe "$HEALTH_CHECK" --project="$PROJECT_ID" --global; then
+  if exists gcloud compute health-checks describe "$HEALTH_CHECK" \
+    --project="$PROJECT_ID" \
+    --global; then
     return 0
   fi
   run gcloud compute health-checks create http "$HEALTH_CHECK" \
@@ -151,7 +155,9 @@ template() {
 }
 
 group() {
-  if exists gcloud compute instance-groups managed describe "$VM_GROUP" --project="$PROJECT_ID" --zone="$ZONE"; then
+  if exists gcloud compute instance-groups managed describe "$VM_GROUP" \
+    --project="$PROJECT_ID" \
+    --zone="$ZONE"; then
     run gcloud compute instance-groups managed rolling-action start-update "$VM_GROUP" \
       --project="$PROJECT_ID" \
       --zone="$ZONE" \
@@ -182,14 +188,18 @@ group() {
 }
 
 internal_load_balancer() {
-  if ! exists gcloud compute addresses describe nimbus-mlflow --project="$PROJECT_ID" --region="$REGION"; then
+  if ! exists gcloud compute addresses describe nimbus-mlflow \
+    --project="$PROJECT_ID" \
+    --region="$REGION"; then
     run gcloud compute addresses create nimbus-mlflow \
       --project="$PROJECT_ID" \
       --region="$REGION" \
       --subnet="$SUBNET" \
       --addresses="$MLFLOW_INTERNAL_IP"
   fi
-  if ! exists gcloud compute backend-services describe nimbus-mlflow --project="$PROJECT_ID" --region="$REGION"; then
+  if ! exists gcloud compute backend-services describe nimbus-mlflow \
+    --project="$PROJECT_ID" \
+    --region="$REGION"; then
     run gcloud compute backend-services create nimbus-mlflow \
       --project="$PROJECT_ID" \
       --region="$REGION" \
@@ -198,7 +208,10 @@ internal_load_balancer() {
       --health-checks="$HEALTH_CHECK"
   fi
   local backends
-  backends=$(lookup "" gcloud compute backend-services describe nimbus-mlflow --project="$PROJECT_ID" --region="$REGION" --format='value(backends[].group)')
+  backends=$(lookup "" gcloud compute backend-services describe nimbus-mlflow \
+    --project="$PROJECT_ID" \
+    --region="$REGION" \
+    --format='value(backends[].group)')
   if [[ $backends != *"/instanceGroups/$VM_GROUP"* ]]; then
     run gcloud compute backend-services add-backend nimbus-mlflow \
       --project="$PROJECT_ID" \
@@ -206,7 +219,9 @@ internal_load_balancer() {
       --instance-group="$VM_GROUP" \
       --instance-group-zone="$ZONE"
   fi
-  if ! exists gcloud compute forwarding-rules describe nimbus-mlflow --project="$PROJECT_ID" --region="$REGION"; then
+  if ! exists gcloud compute forwarding-rules describe nimbus-mlflow \
+    --project="$PROJECT_ID" \
+    --region="$REGION"; then
     run gcloud compute forwarding-rules create nimbus-mlflow \
       --project="$PROJECT_ID" \
       --region="$REGION" \

@@ -201,12 +201,18 @@ def _inline_items(body: Any, registry: ModelRegistry, settings: Settings) -> lis
     return body
 
 
-def submit_ready(store: JobStore, bus: JobBus) -> Response:
-    problems = {}
+def submit_ready(store: JobStore, bus: JobBus, registry: ModelRegistry) -> Response:
+    """200 when Redis and Pub/Sub answer and the production model's signature is known (items
+    are validated against it); asking also warms all three for the first submit."""
+    problems: dict[str, str] = {}
     if not store.is_reachable():
         problems["redis"] = "unreachable"
     if not bus.is_reachable():
         problems["pubsub"] = "unreachable"
+    try:
+        registry.production_schema()
+    except NimbusError as error:
+        problems["model_signature"] = error.message
     if problems:
         return json_response({"status": "unready", "dependencies": problems}, 503)
     return json_response({"status": "ready"})

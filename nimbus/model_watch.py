@@ -12,22 +12,24 @@ or channel): Cloud Run instances have no address of their own and come and go at
 nothing could deliver a push to each of them; a Redis key would be one more dependency on the
 predict path that still has to be read by polling. Polling needs no list of instances, keeps
 no state outside the process, and a process that was asleep catches up by itself. It costs
-one indexed registry read per process per interval (0.5 requests/s at the default), cheap for
-the tracking server at the scale of a few hundred instances; raise the interval beyond that.
+one small read of the registry per process per interval (0.5 requests/s at the default); with
+hundreds of instances, raise the interval if the tracking server feels it.
 
-Timing: a move is served within `refresh_seconds` + one resolve + the new version's load
-(about a second for the iris model from GCS), so under 5 s at the default. Cloud Run gives an
-instance CPU only while it handles a request, so the watcher's timed wait may not run between
-requests; every `model()` and `schema()` call therefore wakes the watcher when the last check
-is older than the interval, without waiting for it. After an idle spell the first request is
-answered by the version loaded before, and the requests after the load by the new one.
+Timing: a move is served within `refresh_seconds` + one resolve + the new version's load (a
+fraction of a second for the iris model from GCS; the disk cache skips the download of a
+version loaded before), so under 5 s at the default. Cloud Run gives an instance CPU only
+while it handles a request, so the watcher's timed wait may not run between requests; every
+`model()` and `schema()` call therefore wakes the watcher when the last check is older than
+the interval, without waiting for it. After an idle spell the first request is answered by
+the version loaded before, and the requests after the load by the new one.
 
 Failures: a version that cannot be loaded (artifacts missing, not an MLflow model, no usable
 signature) is logged once, shown by `status()["last_error"]`, and not tried again for
 `retry_failed_after` seconds unless the alias moves; the served version stays. A registry that
 does not answer leaves the served version in place too, and `status()["registry"]` says
-"unreachable", also while one check hangs for more than STALLED_CHECK_SECONDS: by default the
-MLflow client retries a refused connection for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES).
+"unreachable". That includes a check still running after STALLED_CHECK_SECONDS: a healthy
+registry answers in milliseconds, while the MLflow client retries a refused connection with
+backoff for as long as MLFLOW_HTTP_REQUEST_MAX_RETRIES allows (minutes by default).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # A check that has not answered after this long counts as an unreachable registry.
-STALLED_CHECK_SECONDS = 10.0
+STALLED_CHECK_SECONDS = 3.0
 # A readiness body quotes the cause of a failure; keep it to a few lines.
 _MAX_MESSAGE = 500
 

@@ -440,8 +440,8 @@ class Stack:
     def _function(self, name: str) -> Service:
         port = getattr(self.settings, f"{name}_port")
         url = self.function_url(name)
-        # predict is ready once its model is loaded: waiting on /ready warms it, too.
-        probe = f"{url}/ready" if name == "predict" else f"{url}/"
+        # Waiting on /ready also warms what the first request needs (the model, the clients).
+        probe = f"{url}/ready"
         return Service(
             name,
             [

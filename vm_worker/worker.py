@@ -385,7 +385,10 @@ class Worker:
             message.ack()
             return
         try:
-            record_dead_letter(self.store, job_id, delivery_attempts=message.delivery_attempt)
+            # On the dead-letter subscription the count travels as an attribute.
+            count = message.attributes.get("CloudPubSubDeadLetterSourceDeliveryCount")
+            attempts = int(count) if count and count.isdigit() else None
+            record_dead_letter(self.store, job_id, delivery_attempts=attempts)
         except Exception:
             logger.exception("dead letter for job %s not recorded", job_id)
             message.nack()

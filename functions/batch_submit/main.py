@@ -29,7 +29,11 @@ def batch_submit(request: Request) -> Response:
     routes: dict[str, dict[str, api.Handler]] = {
         "/": {"GET": api.health, "POST": submit},
         "/v1/batch": {"POST": submit},
-        "/ready": {"GET": lambda: api.submit_ready(clients.job_store, clients.job_bus)},
+        "/ready": {
+            "GET": lambda: api.submit_ready(
+                clients.job_store, clients.job_bus, clients.model_registry
+            )
+        },
     }
     # Cancelling is a write, so it is this function's: DELETE /v1/batch/<id> (or /<id>).
     job_id = api.job_id_from_path(request.path)
