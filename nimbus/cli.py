@@ -12,10 +12,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
+from nimbus.client import ApiError, NimbusClient
 from nimbus.config import Settings, documented_variables
 from nimbus.errors import ConfigError
 
@@ -282,6 +283,165 @@ def _seconds(duration: str) -> float:
     if seconds <= 0:
         raise click.BadParameter(f"{duration!r} must be positive.")
     return seconds
+
+
+url_option = click.option(
+    "--url", default=None, help="API base URL (default NIMBUS_URL, else the local gateway)."
+)
+key_option = click.option("--api-key", default=None, help="API key (default NIMBUS_API_KEY).")
+
+
+def _client(url: str | None, api_key: str | None) -> NimbusClient:
+    settings = Settings.from_env()
+    return NimbusClient(url or settings.api_url, api_key=api_key or settings.api_key or None)
+
+
+def _fail(error: ApiError) -> NoReturn:
+    click.echo(f"nimbus: {error}", err=True)
+    sys.exit(3 if error.status == 0 else 1)
+
+
+@main.command()
+@click.option(
+    "-f",
+    "--file",
+    "path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Rows from a .json, .jsonl or .csv file.",
+)
+@click.option(
+    "--field", "fields", multiple=True, metavar="NAME=VALUE", help="One input field (repeat)."
+)
+@click.option("--proba", is_flag=True, help="Add class probabilities.")
+@url_option
+@key_option
+def predict(
+    path: Path | None, fields: tuple[str, ...], proba: bool, url: str | None, api_key: str | None
+) -> None:
+    """One synchronous prediction (or one per row of a file), printed as JSON."""
+    from nimbus.client import read_items
+
+    if bool(path) == bool(fields):
+        raise click.UsageError("Give either --file or one or more --field NAME=VALUE.")
+    rows: Any
+    if path is not None:
+        rows = read_items(path)
+    else:
+        rows = {}
+        for pair in fields:
+            name, sep, value = pair.partition("=")
+            if not sep:
+                raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--field")
+            rows[name] = _number(value)
+    try:
+        click.echo(json.dumps(_client(url, api_key).predict(rows, proba=proba)))
+    except ApiError as error:
+        _fail(error)
+
+
+@main.group()
+def batch() -> None:
+    """Submit batch jobs, follow them, fetch their results."""
+
+
+@batch.command("submit")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it finishes.")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds --wait waits.")
+@url_option
+@key_option
+def batch_submit(
+    path: Path, wait: bool, timeout: float, url: str | None, api_key: str | None
+) -> None:
+    """Submit the items of a .json, .jsonl or .csv file as one job; print its id."""
+    from nimbus.client import read_items
+
+    client = _client(url, api_key)
+    try:
+        job = client.submit(read_items(path))
+    except ApiError as error:
+        _fail(error)
+    click.echo(job["job_id"])
+    if not wait:
+        return
+    with click.progressbar(length=1, label="running", file=sys.stderr) as bar:
+
+        def show(state: dict[str, Any]) -> None:
+            progress = state.get("progress") or {}
+            if progress.get("total"):
+                bar.length = progress["total"]
+                bar.update(progress["done"] - bar.pos)
+            bar.label = state["status"]
+
+        try:
+            final = client.wait(job["job_id"], timeout=timeout, on_progress=show)
+        except ApiError as error:
+            _fail(error)
+        except TimeoutError as error:
+            click.echo(f"nimbus: {error}", err=True)
+            sys.exit(4)
+    click.echo(f"{job['job_id']}: {final['status']}", err=True)
+    if final["status"] != "SUCCESS":
+        sys.exit(2)
+
+
+@batch.command("status")
+@click.argument("job_id")
+@url_option
+@key_option
+def batch_status(job_id: str, url: str | None, api_key: str | None) -> None:
+    """Print a job's status (without its result) as JSON."""
+    try:
+        job = _client(url, api_key).status(job_id, offset=0)
+    except ApiError as error:
+        _fail(error)
+    job.pop("result", None)
+    job.pop("page", None)
+    click.echo(json.dumps(job, indent=2))
+
+
+@batch.command("results")
+@click.argument("job_id")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="A .csv or .jsonl file.",
+)
+@url_option
+@key_option
+def batch_results(job_id: str, output: Path, url: str | None, api_key: str | None) -> None:
+    """Write a finished job's results, every page, to a .csv or .jsonl file."""
+    from nimbus.client import write_results
+
+    if output.suffix.lower() not in {".csv", ".jsonl"}:
+        raise click.BadParameter("use a .csv or .jsonl file", param_hint="--output")
+    try:
+        count = write_results(output, _client(url, api_key).results(job_id))
+    except ApiError as error:
+        _fail(error)
+    click.echo(f"{count} results written to {output}")
+
+
+@batch.command("cancel")
+@click.argument("job_id")
+@url_option
+@key_option
+def batch_cancel(job_id: str, url: str | None, api_key: str | None) -> None:
+    """Revoke a job that has not finished."""
+    try:
+        job = _client(url, api_key).cancel(job_id)
+    except ApiError as error:
+        _fail(error)
+    click.echo(f"{job['job_id']}: {job['status']}")
+
+
+def _number(value: str) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 @main.command("config")

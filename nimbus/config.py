@@ -203,6 +203,17 @@ class Settings:
             "doc": "Result items per GET /v1/batch/<id> page (`?offset=&limit=`).",
         },
     )
+    url: str = field(
+        default="",
+        metadata={
+            "env": "NIMBUS_URL",
+            "doc": "API base URL the `nimbus` CLI talks to; empty means the local gateway.",
+        },
+    )
+    api_key: str = field(
+        default="",
+        metadata={"env": "NIMBUS_API_KEY", "doc": "API key the `nimbus` CLI sends, if any."},
+    )
     log_level: str = field(
         default="INFO",
         metadata={"env": "NIMBUS_LOG_LEVEL", "doc": "DEBUG, INFO, WARNING or ERROR."},
@@ -300,6 +311,10 @@ class Settings:
     @property
     def subscription_path(self) -> str:
         return f"projects/{self.project}/subscriptions/{self.jobs_subscription}"
+
+    @property
+    def api_url(self) -> str:
+        return self.url or f"http://127.0.0.1:{self.port}"
 
     @property
     def dead_letter_topic_path(self) -> str:
