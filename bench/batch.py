@@ -185,11 +185,16 @@ def run_concurrent_jobs(
     wall = time.perf_counter() - started
     queue = [_epoch(r["started_at"]) - _epoch(r["created_at"]) for r in records.values()]
     run = [_epoch(r["finished_at"]) - _epoch(r["started_at"]) for r in records.values()]
+    # The workers' side alone: from the first claim to the last result written.
+    working = max(_epoch(r["finished_at"]) for r in records.values()) - min(
+        _epoch(r["started_at"]) for r in records.values()
+    )
     return {
         "jobs": jobs,
         "rows_per_job": rows,
         "wall_s": wall,
         "rows_per_s": jobs * rows / wall,
+        "workers_rows_per_s": jobs * rows / working if working > 0 else float("nan"),
         "mean_queue_s": sum(queue) / len(queue),
         "mean_run_s": sum(run) / len(run),
     }

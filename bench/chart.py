@@ -43,7 +43,8 @@ def draw(results: dict[str, Any], path: Path) -> None:
     ax.bar([p - width / 2 for p in positions], p50, width, color=colors, label="p50")
     ax.bar([p + width / 2 for p in positions], p99, width, color=colors, alpha=0.45, label="p99")
     ax.set_xticks(positions, labels)
-    ax.set_ylabel("ms")
+    ax.set_yscale("log")
+    ax.set_ylabel("ms (log)")
     ax.set_title("predict latency: p50 (solid), p99 (light)")
 
     ax = axes[0][2]
@@ -98,10 +99,20 @@ def draw(results: dict[str, Any], path: Path) -> None:
     ax = axes[1][1]
     counts = list(batch["workers"])
     ax.bar(
-        range(len(counts)),
+        [i - width / 2 for i in range(len(counts))],
         [batch["workers"][c]["rows_per_s"] for c in counts],
+        width,
         color=COLORS[NIMBUS],
+        label="submit → last SUCCESS",
     )
+    ax.bar(
+        [i + width / 2 for i in range(len(counts))],
+        [batch["workers"][c]["workers_rows_per_s"] for c in counts],
+        width,
+        color=COLORS[GATEWAY],
+        label="workers' side: first claim → last result",
+    )
+    ax.legend(fontsize=8)
     ax.set_xticks(range(len(counts)), [f"{c} worker{'s' if c != '1' else ''}" for c in counts])
     first = batch["workers"][counts[0]]
     ax.set_ylabel("rows/s")

@@ -85,6 +85,30 @@ def groups_memory(pgids: Iterable[int], proc: Path = PROC) -> GroupMemory:
     return GroupMemory(rss, pss, count)
 
 
+@dataclass(frozen=True)
+class ProcessMemory:
+    """One process of a group: what runs there and its memory."""
+
+    pid: int
+    command: str
+    rss_mib: float
+    pss_mib: float
+
+
+def group_processes(pgid: int, proc: Path = PROC) -> list[ProcessMemory]:
+    """Each process of a group with its command line and memory, largest RSS first."""
+    processes = []
+    for pid in group_pids(pgid, proc):
+        rss, pss = process_memory(pid, proc)
+        try:
+            argv = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        command = " ".join(part.decode(errors="replace") for part in argv if part)
+        processes.append(ProcessMemory(pid, command[:160], rss / MIB, pss / MIB))
+    return sorted(processes, key=lambda process: -process.rss_mib)
+
+
 class PeakMemory:
     """Samples some process groups every `interval` seconds in a thread; keeps the peaks.
 

@@ -116,6 +116,11 @@ def predict_targets(summaries: Sequence[Summary]) -> list[TargetCheck]:
     """The issue's predict targets, for the function port and for the gateway."""
     by_name = {summary.name: summary for summary in summaries}
     mlflow = by_name[MLFLOW]
+    floor = by_name.get(FLOOR)
+    # The floor's own tail says how much of a p99 is the machine rather than the server.
+    tail_note = (
+        f"the floor's own: {floor.p99_ms / floor.p50_ms:.1f}x" if floor and floor.p50_ms else ""
+    )
     checks = []
     for name, where in ((NIMBUS, "function port"), (GATEWAY, "via gateway")):
         summary = by_name.get(name)
@@ -130,6 +135,7 @@ def predict_targets(summaries: Sequence[Summary]) -> list[TargetCheck]:
                 summary.p99_ms / summary.p50_ms if summary.p50_ms else float("inf"),
                 3.0,
                 False,
+                note=tail_note,
             ),
             TargetCheck(f"predict errors = 0 ({where})", summary.errors, 0, False, unit=""),
         ]

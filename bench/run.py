@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ import orjson
 
 from bench import batch, servers
 from bench.load import LoadResult, run_wrk, wrk_version
-from bench.memory import PeakMemory
+from bench.memory import PeakMemory, group_processes
 from bench.report import (
     FLOOR,
     GATEWAY,
@@ -72,7 +72,7 @@ class Plan:
     batch_sizes: tuple[int, ...] = (1_000, 10_000)
     workers: tuple[int, ...] = (1, 2, 4)
     concurrent_jobs: int = 8
-    rows_per_concurrent_job: int = 25_000
+    rows_per_concurrent_job: int = 50_000
 
     @classmethod
     def for_args(cls, args: argparse.Namespace) -> Plan:
@@ -207,6 +207,14 @@ def run_predict_rounds(
                 result.errors, peak.rss_mib,
             )  # fmt: skip
     return results, peaks
+
+
+def process_breakdown(targets: Sequence[Target]) -> dict[str, list[dict[str, Any]]]:
+    """Each server's processes and their memory now (after its rounds), for the JSON."""
+    return {
+        target.name: [asdict(process) for pgid in target.pgids for process in group_processes(pgid)]
+        for target in targets
+    }
 
 
 def run_connection_scaling(targets: Sequence[Target], plan: Plan) -> dict[str, dict[str, Any]]:
@@ -355,9 +363,9 @@ def run_worker_scaling(stack: Stack, model: Any, plan: Plan) -> dict[str, Any]:
         )
         results[str(count)] = result
         logger.info(
-            "%d workers: %d jobs x %d rows in %.2f s = %.0f rows/s",
+            "%d workers: %d jobs x %d rows in %.2f s = %.0f rows/s (workers' side %.0f rows/s)",
             count, plan.concurrent_jobs, plan.rows_per_concurrent_job, result["wall_s"],
-            result["rows_per_s"],
+            result["rows_per_s"], result["workers_rows_per_s"],
         )  # fmt: skip
     return results
 
@@ -430,6 +438,7 @@ def measure(stack: Stack, plan: Plan, work_dir: Path) -> dict[str, Any]:
 
     logger.info("predict: %d interleaved rounds of %.0f s", plan.rounds, plan.duration_s)
     rounds, peaks = run_predict_rounds(targets, plan)
+    processes = process_breakdown(targets)
     summaries = summarize(rounds, peaks)
     logger.info("predict at %s connections", ", ".join(map(str, plan.scaling_connections)))
     scaling = run_connection_scaling([t for t in targets if t.name != GATEWAY], plan)
@@ -482,6 +491,7 @@ def measure(stack: Stack, plan: Plan, work_dir: Path) -> dict[str, Any]:
                 summary.name: {
                     "summary": summary.to_dict(),
                     "rounds": [r.to_dict() for r in rounds[summary.name]],
+                    "processes_after_load": processes[summary.name],
                 }
                 for summary in summaries
             },
@@ -503,6 +513,7 @@ def render(results: dict[str, Any], summaries: Sequence[Any], checks: Sequence[T
     compute = inline["compute_parts_s"]
     rest = parts["run_s"] - sum(compute.values())
     cold = results["cold_start"]
+    first_workers = next(iter(results["batch"]["workers"].values()))
     lines = [
         f"predict: {predict['connections']} connections, {predict['rounds']} interleaved rounds "
         f"of {predict['duration_s']:.0f} s each (medians; ratios are medians of per-round pairs)",
@@ -533,11 +544,12 @@ def render(results: dict[str, Any], summaries: Sequence[Any], checks: Sequence[T
             f"{int(rows):,}: {size['nimbus_rows_per_s']:,.0f} / {size['floor_rows_per_s']:,.0f}"
             for rows, size in sorted(results["batch"]["sizes"].items(), key=lambda kv: int(kv[0]))
         ),
-        "batch rows/s by worker processes (concurrent jobs):  "
+        "batch rows/s by worker processes, submit → last SUCCESS (first claim → last result):  "
         + "   ".join(
-            f"{count}: {run['rows_per_s']:,.0f} ({run['jobs']}x{run['rows_per_job']:,})"
+            f"{count}: {run['rows_per_s']:,.0f} ({run['workers_rows_per_s']:,.0f})"
             for count, run in results["batch"]["workers"].items()
-        ),
+        )
+        + f"   [{first_workers['jobs']} jobs x {first_workers['rows_per_job']:,} rows at once]",
         "predict req/s by connections:  "
         + "   ".join(
             f"{name} "

@@ -22,6 +22,9 @@ EOF
 }
 
 SERVICES=(
+  cloudresourcemanager.googleapis.com
+  iam.googleapis.com
+  iap.googleapis.com
   artifactregistry.googleapis.com
   cloudbuild.googleapis.com
   cloudfunctions.googleapis.com
@@ -87,6 +90,28 @@ bucket() {
       --member="serviceAccount:$(service_account "$account")" \
       --role=roles/storage.objectViewer
   done
+}
+
+# jobs_bucket: where large batch jobs' items and predictions go (optional: JOBS_BUCKET empty
+# skips it; a job may name any bucket the accounts below can read and write).
+jobs_bucket() {
+  [[ -n ${JOBS_BUCKET:-} ]] || return 0
+  if ! exists gcloud storage buckets describe "gs://$JOBS_BUCKET" --project="$PROJECT_ID"; then
+    run gcloud storage buckets create "gs://$JOBS_BUCKET" \
+      --project="$PROJECT_ID" \
+      --location="$REGION" \
+      --uniform-bucket-level-access \
+      --public-access-prevention
+  fi
+  # batch_submit checks a job's input exists; the worker reads it and writes predictions.
+  run gcloud storage buckets add-iam-policy-binding "gs://$JOBS_BUCKET" \
+    --project="$PROJECT_ID" \
+    --member="serviceAccount:$(service_account nimbus-batch-submit)" \
+    --role=roles/storage.objectViewer
+  run gcloud storage buckets add-iam-policy-binding "gs://$JOBS_BUCKET" \
+    --project="$PROJECT_ID" \
+    --member="serviceAccount:$(service_account nimbus-vm)" \
+    --role=roles/storage.objectUser
 }
 
 redis() {
@@ -324,6 +349,7 @@ main() {
   enable_apis
   service_accounts
   bucket
+  jobs_bucket
   connector
   nat_and_registry
   redis

@@ -99,7 +99,7 @@ main() {
     --global \
     --quiet
   local rule
-  for rule in nimbus-allow-health-checks nimbus-allow-mlflow-from-functions nimbus-allow-iap-ssh; do
+  for rule in nimbus-allow-health-checks nimbus-allow-mlflow-from-functions nimbus-allow-iap; do
     gone gcloud compute firewall-rules describe "$rule" "$p" -- \
       gcloud compute firewall-rules delete "$rule" "$p" \
       --quiet
@@ -145,11 +145,14 @@ main() {
   gone gcloud sql instances describe "$SQL_INSTANCE" "$p" -- \
     gcloud sql instances delete "$SQL_INSTANCE" "$p" \
     --quiet
-  gone gcloud storage buckets describe "gs://$BUCKET" "$p" -- \
-    gcloud storage rm "gs://$BUCKET" "$p" \
-    --recursive \
-    --all-versions \
-    --quiet
+  local bucket
+  for bucket in "$BUCKET" ${JOBS_BUCKET:+"$JOBS_BUCKET"}; do
+    gone gcloud storage buckets describe "gs://$bucket" "$p" -- \
+      gcloud storage rm "gs://$bucket" "$p" \
+      --recursive \
+      --all-versions \
+      --quiet
+  done
   local secret
   for secret in nimbus-redis-url nimbus-redis-ca nimbus-mlflow-db-url; do
     gone gcloud secrets describe "$secret" "$p" -- \

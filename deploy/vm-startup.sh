@@ -9,6 +9,8 @@ set -euo pipefail
 
 METADATA=http://metadata.google.internal/computeMetadata/v1/instance/attributes
 CONFIG_DIR=/etc/nimbus
+# Startup scripts may run without HOME; gcloud and docker keep their config under it.
+export HOME=${HOME:-/root}
 
 metadata() {
   curl "$METADATA/$1" \

@@ -8,7 +8,7 @@
 # - the managed instance group, autohealed on MLflow's /health and autoscaled on the jobs
 #   subscription's undelivered messages; a new template rolls out one VM at a time;
 # - an internal load balancer giving MLflow one address (MLFLOW_INTERNAL_IP) for the
-#   functions, and the firewall rules for it, the health checks and IAP SSH.
+#   functions, and the firewall rules for it, the health checks and IAP tunnels.
 # Run after infra.sh and pubsub.sh, before functions.sh.
 set -euo pipefail
 # shellcheck source=deploy/lib.sh
@@ -252,7 +252,8 @@ main() {
   render
   firewall nimbus-allow-health-checks tcp:5000 "$HEALTH_CHECK_RANGES"
   firewall nimbus-allow-mlflow-from-functions tcp:5000 "$VPC_CONNECTOR_RANGE"
-  firewall nimbus-allow-iap-ssh tcp:22 "$IAP_RANGE"
+  # IAP tunnels: SSH, and MLflow for the trainer and `nimbus model` (deploy/README.md).
+  firewall nimbus-allow-iap tcp:22,tcp:5000 "$IAP_RANGE"
   health_check
   template
   group

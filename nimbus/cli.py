@@ -143,9 +143,13 @@ def model_list(name: str | None, tracking_uri: str | None) -> None:
     names = [name] if name else [m.name for m in client.search_registered_models()]
     for model_name in names:
         click.echo(model_name)
+        # Version searches leave aliases out; the registered model maps alias -> version.
+        by_version: dict[str, list[str]] = {}
+        for alias, aliased in (client.get_registered_model(model_name).aliases or {}).items():
+            by_version.setdefault(str(aliased), []).append(f"@{alias}")
         versions = client.search_model_versions(f"name = '{model_name}'")
         for version in sorted(versions, key=lambda v: int(v.version), reverse=True):
-            aliases = ", ".join(f"@{alias}" for alias in version.aliases) or "-"
+            aliases = ", ".join(sorted(by_version.get(str(version.version), []))) or "-"
             click.echo(f"  version {version.version:<5} {aliases:<16} {version.status}")
     served = _served_locally()
     if served:

@@ -52,7 +52,9 @@ class Postgres:
     def uri(self) -> str:
         """The nimbus-mlflow-db-url secret as deploy/infra.sh writes it, pointed here (without
         the sslmode=require Cloud SQL gets: this cluster has no TLS)."""
-        written = re.search(r'"(postgresql[+\w]*)://\$SQL_USER:\$password@\$ip:5432/', INFRA.read_text())
+        written = re.search(
+            r'"(postgresql[+\w]*)://\$SQL_USER:\$password@\$ip:5432/', INFRA.read_text()
+        )
         assert written, "deploy/infra.sh no longer writes the MLflow database URL"
         scheme = written.group(1)
         return f"{scheme}://{self.user}:{self.password}@127.0.0.1:{self.port}/{self.database}"
@@ -126,7 +128,9 @@ def mlflow_on_postgres(
         backend_store_uri=postgres.uri, artifact_root=artifact_root, host="127.0.0.1", port=port
     )
     # A fresh database gets MLflow's schema migrations at first start: give it time.
-    service = Service("mlflow", argv, ready=lambda: http_ok(f"{tracking_uri}/health"), ready_timeout=180)
+    service = Service(
+        "mlflow", argv, ready=lambda: http_ok(f"{tracking_uri}/health"), ready_timeout=180
+    )
     start_service(service, server_env(os.environ), tmp_path_factory.mktemp("mlflow-pg"))
     try:
         yield tracking_uri

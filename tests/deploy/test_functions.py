@@ -51,7 +51,7 @@ def environment(dry: DryRun, name: str) -> tuple[dict[str, str], dict[str, str]]
     for item in filter(None, (command.flag("set-secrets") or "").split(",")):
         target, reference = item.split("=", 1)
         secrets[target] = reference
-    return read_yaml_env(REPO / env_file), secrets
+    return read_yaml_env(Path(env_file)), secrets
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
@@ -65,7 +65,9 @@ def test_each_function_is_deployed_gen2_from_its_staged_source(dry: DryRun, name
     assert command.flag("source") == str(dry.build_dir / name)
     for sizing in ("memory", "cpu", "concurrency", "min-instances", "max-instances"):
         assert command.flag(sizing), f"{name}: no --{sizing}"
-    assert command.flag("vpc-connector", ).endswith("/connectors/nimbus-connector")  # type: ignore[union-attr]
+    assert command.flag(
+        "vpc-connector",
+    ).endswith("/connectors/nimbus-connector")  # type: ignore[union-attr]
     assert command.flag("no-allow-unauthenticated") == ""
 
 
@@ -177,7 +179,10 @@ def test_concurrency_and_threads_agree(dry: DryRun):
 
 def runtime_python() -> str:
     """Cloud Run's Python (3.12) when this machine has one, else the tests' own."""
-    candidates = [shutil.which("python3.12"), *glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3.12"))]
+    candidates = [
+        shutil.which("python3.12"),
+        *glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3.12")),
+    ]
     for candidate in filter(None, candidates):
         works = subprocess.run([candidate, "--version"], capture_output=True, timeout=30)
         if works.returncode == 0:

@@ -67,7 +67,7 @@ def test_dry_run_prints_gcloud_commands_and_calls_nothing(run_dry: RunDry, scrip
 
     assert dry.commands, f"{script} --dry-run printed no gcloud command"
     for command in dry.commands:
-        assert f"--project=my-nimbus-project" in command.words or command.is_(
+        assert "--project=my-nimbus-project" in command.words or command.is_(
             "projects", "add-iam-policy-binding"
         ), f"no explicit --project: {command.line}"
 
@@ -198,7 +198,9 @@ def test_retry_does_not_repeat_what_cannot_succeed(tmp_path: Path):
 
 
 def test_retry_takes_already_exists_as_done(tmp_path: Path):
-    done, calls = _retry(tmp_path, 'echo "ERROR: ALREADY_EXISTS: Resource already exists" >&2; return 1')
+    done, calls = _retry(
+        tmp_path, 'echo "ERROR: ALREADY_EXISTS: Resource already exists" >&2; return 1'
+    )
     assert done.returncode == 0
     assert calls == 1
 

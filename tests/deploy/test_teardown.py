@@ -11,7 +11,11 @@ LEFT_ALONE = {
     ("sql", "users"): "goes with the Cloud SQL instance",
     ("compute", "routers", "nats"): "goes with its router",
     ("services", "vpc-peerings"): "the private-services peering may serve other databases",
-    ("compute", "addresses", "nimbus-private-services"): "the peering's reserved range stays with it",
+    (
+        "compute",
+        "addresses",
+        "nimbus-private-services",
+    ): "the peering's reserved range stays with it",
     ("iam", "service-accounts"): "deleted with --delete-data only",
 }
 

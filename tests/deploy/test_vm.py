@@ -111,7 +111,9 @@ def test_every_variable_the_code_reads_is_set(compose: dict, service: str, entry
     )
     known = {variable for variable, _, _ in documented_variables()} | EXTRA_VARIABLES
     assert set(environment) <= known, f"unknown variables: {set(environment) - known}"
-    Settings.from_env({name: value for name, value in environment.items() if "stand-in" not in value})
+    Settings.from_env(
+        {name: value for name, value in environment.items() if "stand-in" not in value}
+    )
 
 
 def test_the_worker_fails_over_fast_like_the_local_stack(compose: dict):
@@ -164,14 +166,18 @@ def test_group_autoscales_on_the_jobs_waiting(dry: DryRun, env_example: dict[str
 
 def test_template_ships_the_startup_script_compose_file_and_settings(dry: DryRun):
     template = dry.one("compute", "instance-templates", "create")
-    files = dict(item.split("=", 1) for item in (template.flag("metadata-from-file") or "").split(","))
+    files = dict(
+        item.split("=", 1) for item in (template.flag("metadata-from-file") or "").split(",")
+    )
     assert set(files) == {"startup-script", "nimbus-compose", "nimbus-env", "nimbus-secrets"}
     for path in files.values():
         assert (REPO / path).exists() or Path(path).exists(), path
     assert files["startup-script"] == "deploy/vm-startup.sh"
     assert files["nimbus-compose"] == "docker-compose.yml"
     assert template.flag("no-address") == ""
-    assert template.flag("service-account", ).startswith("nimbus-vm@")  # type: ignore[union-attr]
+    assert template.flag(
+        "service-account",
+    ).startswith("nimbus-vm@")  # type: ignore[union-attr]
     # Every metadata key the startup script reads is shipped.
     read = set(re.findall(r"metadata (nimbus-[a-z-]+)", (DEPLOY / "vm-startup.sh").read_text()))
     assert read == {"nimbus-compose", "nimbus-env", "nimbus-secrets"}
@@ -187,14 +193,22 @@ def test_a_rerun_rolls_the_new_template_out(run_dry: RunDry):
 
 def test_cloud_build_builds_both_images_from_their_dockerfiles():
     build = yaml.safe_load((DEPLOY / "cloudbuild.yaml").read_text())
-    files = {arg.split("=", 1)[1] for step in build["steps"] for arg in step["args"] if arg.startswith("--file=")}
+    files = {
+        arg.split("=", 1)[1]
+        for step in build["steps"]
+        for arg in step["args"]
+        if arg.startswith("--file=")
+    }
     assert files == {"vm_worker/Dockerfile", "mlflow_server/Dockerfile"}
     assert build["images"] == ["${_WORKER_IMAGE}", "${_MLFLOW_IMAGE}"]
 
 
 @pytest.mark.parametrize(
     ("dockerfile", "module", "extra"),
-    [("vm_worker/Dockerfile", "vm_worker", None), ("mlflow_server/Dockerfile", "mlflow_server", "server")],
+    [
+        ("vm_worker/Dockerfile", "vm_worker", None),
+        ("mlflow_server/Dockerfile", "mlflow_server", "server"),
+    ],
 )
 def test_dockerfile_is_slim_non_root_and_pinned(dockerfile: str, module: str, extra: str | None):
     text = (REPO / dockerfile).read_text()
@@ -232,3 +246,58 @@ def test_systemd_units_are_valid():
         assert "User=nimbus" in text and "EnvironmentFile=/etc/nimbus/nimbus.env" in text
         module = "vm_worker" if "worker" in unit.name else "mlflow_server"
         assert f"ExecStart=/opt/nimbus/.venv/bin/python -m {module}" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("dockerfile", "imports"),
+    [
+        ("vm_worker/Dockerfile", "import vm_worker.worker, nimbus.bus"),
+        ("mlflow_server/Dockerfile", "import mlflow_server.server, mlflow.server, psycopg2"),
+    ],
+)
+def test_dockerfile_build_stage_installs_from_the_lock(
+    dockerfile: str, imports: str, tmp_path: Path
+):
+    """The build stage's COPY and `RUN uv sync` steps, replayed without Docker: the locked
+    dependencies install, the project installs as a package, and the image's code imports
+    with the sources gone (only .venv is copied to the final stage)."""
+    from tests.deploy.test_functions import UV, runtime_python
+
+    app = tmp_path / "app"
+    app.mkdir()
+    text = (REPO / dockerfile).read_text()
+    build_stage = text.split("\nFROM ", 2)[1]
+    for line in build_stage.splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            *sources, _ = line.split()[1:]
+            for source in sources:
+                target = app / source
+                if (REPO / source).is_dir():
+                    shutil.copytree(
+                        REPO / source, target, ignore=shutil.ignore_patterns("__pycache__")
+                    )
+                else:
+                    shutil.copy(REPO / source, target)
+        elif line.startswith("RUN uv sync "):
+            subprocess.run(
+                [str(UV), *line.split()[2:], "--quiet", "--python", runtime_python()],
+                cwd=app,
+                env={**os.environ, "UV_PYTHON_DOWNLOADS": "never", "VIRTUAL_ENV": ""},
+                check=True,
+                timeout=600,
+            )
+    python = app / ".venv" / "bin" / "python"
+    for source in ("nimbus", "vm_worker", "mlflow_server"):
+        shutil.rmtree(app / source)
+    done = subprocess.run(
+        [str(python), "-c", imports],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    tools = {p.name for p in (app / ".venv" / "bin").iterdir()}
+    assert not tools & {"pytest", "ruff", "mypy"}, "dev tools in the image"

@@ -19,7 +19,6 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
-    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -33,6 +32,8 @@ ITEMS = [{"x": 1.0}, {"x": 2.0}]
 LIVE_LEASE = 3600.0  # seconds: never lapses during a run unless `lease_runs_out` says so
 
 owners = st.sampled_from(OWNERS)
+# Who calls extend or release: mostly the job's holder, sometimes another worker.
+callers = st.sampled_from(("holder", "holder", "holder", *OWNERS))
 # The epoch a caller presents, relative to the job's current one: stale, current or ahead.
 epoch_offsets = st.sampled_from((-1, 0, 0, 0, 1))
 
@@ -116,9 +117,10 @@ class JobStoreMachine(RuleBasedStateMachine):
             job.status = "STARTED"
         job.history.append(f"claim by {owner} serving {served}")
 
-    @rule(job_id=jobs, owner=owners, offset=epoch_offsets)
-    def extend(self, job_id: str, owner: str, offset: int) -> None:
+    @rule(job_id=jobs, caller=callers, offset=epoch_offsets)
+    def extend(self, job_id: str, caller: str, offset: int) -> None:
         job = self.model[job_id]
+        owner = (job.owner or OWNERS[0]) if caller == "holder" else caller
         epoch = job.epoch + offset
         before = self._record(job_id)
         extended = self.store.extend_lease(
@@ -131,9 +133,10 @@ class JobStoreMachine(RuleBasedStateMachine):
         job.leased = job.lease_live = True
         job.history.append(f"extend by {owner}")
 
-    @rule(job_id=jobs, owner=owners, offset=epoch_offsets)
-    def release(self, job_id: str, owner: str, offset: int) -> None:
+    @rule(job_id=jobs, caller=callers, offset=epoch_offsets)
+    def release(self, job_id: str, caller: str, offset: int) -> None:
         job = self.model[job_id]
+        owner = (job.owner or OWNERS[0]) if caller == "holder" else caller
         epoch = job.epoch + offset
         before = self._record(job_id)
         released = self.store.release(
@@ -169,7 +172,8 @@ class JobStoreMachine(RuleBasedStateMachine):
         self._finish(job)
         job.history.append(f"complete with epoch {epoch}")
 
-    @rule(job_id=jobs, offset=st.one_of(st.none(), epoch_offsets))
+    # epoch=None is how reconcilers and dead letters fail a job: one call in six.
+    @rule(job_id=jobs, offset=st.sampled_from((None, -1, 0, 0, 0, 1)))
     def fail(self, job_id: str, offset: int | None) -> None:
         job = self.model[job_id]
         epoch = None if offset is None else job.epoch + offset
@@ -190,8 +194,11 @@ class JobStoreMachine(RuleBasedStateMachine):
         self._finish(job)
         job.history.append(f"fail with epoch {epoch}")
 
-    @rule(job_id=jobs)
-    def cancel(self, job_id: str) -> None:
+    # Cancelling ends a job's story: one call in four, so runs reach the later moves.
+    @rule(job_id=jobs, really=st.sampled_from((True, False, False, False)))
+    def cancel(self, job_id: str, really: bool) -> None:
+        if not really:
+            return
         job = self.model[job_id]
         before = self._record(job_id)
         status = self.store.cancel(job_id)
@@ -204,15 +211,15 @@ class JobStoreMachine(RuleBasedStateMachine):
             assert status == JobStatus(job.status)
             assert self._record(job_id) == before, "cancelling a finished job changed it"
 
-    @precondition(lambda self: any(job.lease_live for job in self.model.values()))
-    @rule(data=st.data())
-    def lease_runs_out(self, data: st.DataObject) -> None:
-        """Time passes for one holder: its lease deadline is now in the past."""
-        live = sorted(job_id for job_id, job in self.model.items() if job.lease_live)
-        job_id = data.draw(st.sampled_from(live))
+    @rule(job_id=jobs)
+    def lease_runs_out(self, job_id: str) -> None:
+        """Time passes for the job's holder, if it has one: its lease deadline is now past."""
+        job = self.model[job_id]
+        if not job.lease_live:
+            return
         self.connection.hset(self.store.key_for(job_id), "lease_expires_at", "1.000000")
-        self.model[job_id].lease_live = False
-        self.model[job_id].history.append("lease ran out")
+        job.lease_live = False
+        job.history.append("lease ran out")
 
     # -- what must always hold ----------------------------------------------------------------
 
@@ -302,10 +309,9 @@ def test_the_job_store_keeps_its_promises_under_any_sequence(
     run_state_machine_as_test(
         lambda: JobStoreMachine(redis_connection),
         settings=settings(
-            max_examples=60,
-            stateful_step_count=40,
+            max_examples=100,
+            stateful_step_count=50,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
-
