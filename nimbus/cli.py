@@ -169,12 +169,12 @@ def _local_stack() -> dict[str, Any] | None:
 
 
 def _adopt_local_stack() -> dict[str, Any] | None:
-    """Point the client libraries at the running local stack's emulators, unless the
-    environment already points them somewhere (a deployed stack)."""
+    """While a local stack runs for this NIMBUS_HOME, talk to it: point the client libraries
+    at its emulators. (Give another NIMBUS_HOME, or --tracking-uri, to reach elsewhere.)"""
     stack = _local_stack()
     if stack is not None:
-        os.environ.setdefault("STORAGE_EMULATOR_HOST", stack["urls"]["gcs"])
-        os.environ.setdefault("PUBSUB_EMULATOR_HOST", stack["urls"]["pubsub"])
+        os.environ["STORAGE_EMULATOR_HOST"] = stack["urls"]["gcs"]
+        os.environ["PUBSUB_EMULATOR_HOST"] = stack["urls"]["pubsub"]
     return stack
 
 

@@ -347,11 +347,8 @@ class Worker:
     def on_message(self, message: Any) -> None:
         """Pub/Sub callback: ack once Redis holds the outcome, nack to be redelivered later
         (after the subscription's backoff; the last failed attempt is dead-lettered)."""
-        try:
-            job_id = decode_job_message(message.data)
-        except ValueError as exc:
-            logger.error("dropping message %s: %s", message.message_id, exc)
-            message.ack()
+        job_id = _job_id_or_ack(message)
+        if job_id is None:
             return
         try:
             outcome = handle_job(
@@ -378,11 +375,8 @@ class Worker:
 
     def on_dead_letter(self, message: Any) -> None:
         """Dead-letter callback: the job becomes FAILURE with why; ack once Redis holds it."""
-        try:
-            job_id = decode_job_message(message.data)
-        except ValueError as exc:
-            logger.error("dropping dead letter %s: %s", message.message_id, exc)
-            message.ack()
+        job_id = _job_id_or_ack(message)
+        if job_id is None:
             return
         try:
             # On the dead-letter subscription the count travels as an attribute.
@@ -479,3 +473,13 @@ class Worker:
             )
         except Exception as exc:  # a heartbeat never stops the worker
             logger.warning("heartbeat not recorded: %s", exc)
+
+
+def _job_id_or_ack(message: Any) -> str | None:
+    """The job id a message carries; a message that is not a job is logged and acked away."""
+    try:
+        return decode_job_message(message.data)
+    except ValueError as exc:
+        logger.error("dropping message %s: %s", message.message_id, exc)
+        message.ack()
+        return None

@@ -19,6 +19,7 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
+    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -29,6 +30,7 @@ OWNERS = ("worker-a", "worker-b", "worker-c")
 VERSIONS = ("1", "2")
 TERMINAL = {"SUCCESS", "FAILURE", "REVOKED"}
 ITEMS = [{"x": 1.0}, {"x": 2.0}]
+MAX_JOBS = 3
 LIVE_LEASE = 3600.0  # seconds: never lapses during a run unless `lease_runs_out` says so
 
 owners = st.sampled_from(OWNERS)
@@ -87,6 +89,8 @@ class JobStoreMachine(RuleBasedStateMachine):
 
     # -- moves --------------------------------------------------------------------------------
 
+    # A few jobs, so each one lives through long sequences of moves.
+    @precondition(lambda self: len(self.model) < MAX_JOBS)
     @rule(target=jobs)
     def create(self) -> str:
         job = self.store.create(ITEMS)
