@@ -6,6 +6,9 @@ lives in a temporary folder that goes away with the session.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -50,3 +53,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def stack_env(stack: Stack) -> dict[str, str]:
     """The environment a process of the stack gets: where Redis, Pub/Sub, GCS and MLflow are."""
     return stack.env()
+
+
+def run_nimbus(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the `nimbus` CLI in its own process, as a user would, with `env` added."""
+    return subprocess.run(
+        [sys.executable, "-m", "nimbus.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from nimbus.stack import Stack
-from tests.conftest import IRIS_SETOSA, IRIS_VIRGINICA
+from tests.conftest import IRIS_SETOSA, IRIS_VIRGINICA, run_nimbus
 
 pytestmark = pytest.mark.e2e
 
 
 def nimbus(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "NIMBUS_URL": stack.gateway_url}
-    return subprocess.run(
-        [sys.executable, "-m", "nimbus.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_nimbus(*args, NIMBUS_URL=stack.gateway_url)
 
 
 def test_predict_from_fields(stack: Stack):
@@ -63,13 +53,7 @@ def test_errors_are_clear_and_exit_non_zero(stack: Stack, tmp_path: Path):
     bad.write_text(json.dumps([{"sepal_length": 1}]))
 
     done = nimbus(stack, "batch", "submit", str(bad))
-    unreachable = subprocess.run(
-        [sys.executable, "-m", "nimbus.cli", "batch", "status", "x", "--url", "http://127.0.0.1:9"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    unreachable = run_nimbus("batch", "status", "x", "--url", "http://127.0.0.1:9")
 
     assert done.returncode == 1 and "422 validation_failed" in done.stderr
     assert unreachable.returncode == 3 and "cannot be reached" in unreachable.stderr

@@ -6,9 +6,6 @@ own so the rest of the suite keeps serving version 1.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +16,7 @@ import requests
 from mlflow import MlflowClient
 
 from nimbus.stack import Stack
-from tests.conftest import IRIS_SETOSA, IRIS_VIRGINICA, stack_settings
+from tests.conftest import IRIS_SETOSA, IRIS_VIRGINICA, run_nimbus, stack_settings
 from tests.e2e.test_guide import wait_for_status
 
 pytestmark = pytest.mark.e2e
@@ -35,16 +32,8 @@ def lifecycle_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
 
 
 def nimbus(stack: Stack, *args: str) -> str:
-    """Run the `nimbus` CLI as a user would, next to this stack (it finds it by NIMBUS_HOME)."""
-    env = {**os.environ, "NIMBUS_HOME": str(stack.home)}
-    done = subprocess.run(
-        [sys.executable, "-m", "nimbus.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    """The CLI next to this stack (it finds it by NIMBUS_HOME); its output, or the test fails."""
+    done = run_nimbus(*args, NIMBUS_HOME=str(stack.home))
     assert done.returncode == 0, done.stderr
     return done.stdout
 

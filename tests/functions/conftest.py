@@ -6,8 +6,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from flask.testing import FlaskClient
 from functions_framework import create_app
+
+from nimbus.jobs import JobStore
+from nimbus.stack import Stack
 
 FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"
 
@@ -32,3 +36,9 @@ def function_client(stack_env: dict[str, str]) -> Iterator[MakeClient]:
             return create_app(name, str(FUNCTIONS / name / "main.py")).test_client()
 
         yield make
+
+
+@pytest.fixture
+def store(stack: Stack) -> JobStore:
+    """The stack's job store, to arrange and inspect job records directly."""
+    return JobStore(redis.Redis.from_url(stack.redis_url))

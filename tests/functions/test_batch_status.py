@@ -4,18 +4,11 @@ import time
 import uuid
 
 import pytest
-import redis
 
 from nimbus.jobs import JobStore
-from nimbus.stack import Stack
 from tests.conftest import IRIS_SETOSA, IRIS_VIRGINICA
 from tests.functions.conftest import MakeClient
 from tests.functions.test_predict import assert_error
-
-
-@pytest.fixture
-def store(stack: Stack) -> JobStore:
-    return JobStore(redis.Redis.from_url(stack.redis_url))
 
 
 @pytest.fixture

@@ -3,18 +3,12 @@ from __future__ import annotations
 import uuid
 
 import pytest
-import redis
 
-from nimbus.jobs import JobStatus, JobStore
-from nimbus.stack import Stack, free_port
+from nimbus.jobs import JobStatus
+from nimbus.stack import free_port
 from tests.conftest import IRIS_SETOSA, IRIS_VIRGINICA
 from tests.functions.conftest import MakeClient
 from tests.functions.test_predict import assert_error
-
-
-@pytest.fixture
-def store(stack: Stack) -> JobStore:
-    return JobStore(redis.Redis.from_url(stack.redis_url))
 
 
 @pytest.fixture
