@@ -32,6 +32,12 @@ def make_rows(count: int, names: tuple[str, ...], *, seed: int = 5) -> list[dict
     return [dict(zip(names, row, strict=True)) for row in values.tolist()]
 
 
+def make_jsonl(count: int, names: tuple[str, ...], *, seed: int = 5) -> bytes:
+    """The same kind of items as `make_rows`, as JSON lines (a large job's input object)."""
+    values = np.random.default_rng(seed).integers(1, 80, size=(count, len(names))) / 10
+    return b"\n".join(orjson.dumps(dict(zip(names, row, strict=True))) for row in values.tolist())
+
+
 @dataclass(frozen=True)
 class BatchRun:
     """One job's wall time from the client's submit to the SUCCESS it saw, and its parts."""
@@ -120,6 +126,18 @@ def run_job(gateway_url: str, body: bytes, rows: int) -> BatchRun:
     seen, record = wait_for_job(gateway_url, job_id)
     if result_count(record) != rows:
         raise BatchFailed(f"job {job_id} has {result_count(record)} results for {rows} rows")
+    return split_job_time(rows, submitted, answered, seen, record)
+
+
+def run_large_job(gateway_url: str, input_uri: str, output_uri: str, rows: int) -> BatchRun:
+    """Submit a job naming its items in GCS, and time it until its SUCCESS is seen."""
+    body = orjson.dumps({"input_uri": input_uri, "output_uri": output_uri})
+    submitted = time.time()
+    job_id = submit_job(gateway_url, body)
+    answered = time.time()
+    seen, record = wait_for_job(gateway_url, job_id, timeout=900)
+    if record.get("items") != rows or not record.get("result_uri"):
+        raise BatchFailed(f"job {job_id} finished with {record.get('items')} items of {rows}")
     return split_job_time(rows, submitted, answered, seen, record)
 
 
@@ -228,6 +246,37 @@ def _floor_once(body: bytes, model: LoadedModel) -> dict[str, float]:
         "predict_s": predicted - built,
         "encode_s": encoded - predicted,
     }
+
+
+def floor_jsonl(body: bytes, model: LoadedModel, *, repeat: int = 3) -> dict[str, float]:
+    """The floor of a large job: JSON lines decoded, predicted and encoded as JSON lines
+    (`{"index", "prediction"}`) in this process, a chunk at a time as the worker does; the
+    median of `repeat` runs."""
+    runs = sorted(
+        (_floor_jsonl_once(body, model) for _ in range(repeat)), key=itemgetter("total_s")
+    )
+    return runs[len(runs) // 2]
+
+
+def _floor_jsonl_once(
+    body: bytes, model: LoadedModel, chunk_rows: int = 10_000
+) -> dict[str, float]:
+    started = time.perf_counter()
+    getter = itemgetter(*model.schema.names)
+    lines = body.split(b"\n")
+    out: list[bytes] = []
+    for offset in range(0, len(lines), chunk_rows):
+        rows = [orjson.loads(line) for line in lines[offset : offset + chunk_rows]]
+        matrix = np.array(list(map(getter, rows)), dtype=np.float64)
+        predictions = model.estimator.predict(matrix).tolist()
+        out.extend(
+            orjson.dumps({"index": offset + i, "prediction": value})
+            for i, value in enumerate(predictions)
+        )
+    payload = b"\n".join(out)
+    total = time.perf_counter() - started
+    assert payload
+    return {"rows": len(lines), "total_s": total, "rows_per_s": len(lines) / total}
 
 
 def compute_parts(body: bytes, model: LoadedModel) -> dict[str, float]:

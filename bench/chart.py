@@ -89,6 +89,16 @@ def draw(results: dict[str, Any], path: Path) -> None:
         color=COLORS[FLOOR],
         label="floor: decode, predict, encode",
     )
+    large = batch.get("large")
+    if large:
+        ax.scatter(
+            [large["rows"]], [large["nimbus_rows_per_s"]], marker="s", color=COLORS[NIMBUS],
+            label="Nimbus input_uri job (GCS in and out)",
+        )  # fmt: skip
+        ax.scatter(
+            [large["rows"]], [large["floor_rows_per_s"]], marker="s", color=COLORS[FLOOR],
+            label="floor: JSON lines in and out",
+        )  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("rows per job")
@@ -112,7 +122,7 @@ def draw(results: dict[str, Any], path: Path) -> None:
         color=COLORS[GATEWAY],
         label="workers' side: first claim → last result",
     )
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     ax.set_xticks(range(len(counts)), [f"{c} worker{'s' if c != '1' else ''}" for c in counts])
     first = batch["workers"][counts[0]]
     ax.set_ylabel("rows/s")
