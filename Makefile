@@ -11,7 +11,7 @@ GO ?= go
 DEVSTACK_BIN := devstack/bin/nimbus-emulators devstack/bin/nimbus-gateway
 DEVSTACK_SRC := $(shell find devstack -name '*.go' -o -name go.mod -o -name go.sum 2>/dev/null)
 
-.PHONY: run test install lint format unit e2e gotest bench clean help
+.PHONY: run test install lint format unit e2e gotest bench chaos clean help
 
 help:
 	@echo "make run      install what is missing, then run the whole stack (gateway on :8080)"
@@ -95,6 +95,10 @@ lint: $(VENV)/.synced
 format: $(VENV)/.synced
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Kills, stalls and outages against a real stack (tests/chaos); about 6 minutes.
+chaos: install
+	$(BIN)/pytest -m chaos tests/chaos
 
 gotest:
 	cd devstack && $(GO) vet ./... && $(GO) test ./...

@@ -143,7 +143,7 @@ def predict_targets(summaries: Sequence[Summary]) -> list[TargetCheck]:
     if nimbus is not None and mlflow.rss_mib:
         checks.append(
             TargetCheck(
-                "predict process RSS ≤ MLflow's",
+                "predict process tree RSS ≤ MLflow's",
                 nimbus.rss_mib / mlflow.rss_mib,
                 1.0,
                 False,

@@ -126,7 +126,7 @@ def test_targets_pass_and_fail_as_the_issue_sets_them() -> None:
     assert checks["predict req/s ≥ 0.75x floor (function port)"].passed  # 0.81x
     assert checks["predict p99 ≤ 3x p50 at 4 connections (function port)"].passed  # 2.5
     assert checks["predict errors = 0 (function port)"].passed
-    assert checks["predict process RSS ≤ MLflow's"].passed  # 0.5
+    assert checks["predict process tree RSS ≤ MLflow's"].passed  # 0.5
     assert not checks["predict req/s ≥ 4x MLflow (via gateway)"].passed  # 3.33x
     assert not checks["predict p99 ≤ 3x p50 at 4 connections (via gateway)"].passed  # 4.0
     assert not checks["predict errors = 0 (via gateway)"].passed
