@@ -70,14 +70,18 @@ service_accounts() {
   done
 }
 
+# private_bucket NAME: a bucket in REGION no one outside the project can read, made once.
+private_bucket() {
+  exists gcloud storage buckets describe "gs://$1" --project="$PROJECT_ID" && return 0
+  run gcloud storage buckets create "gs://$1" \
+    --project="$PROJECT_ID" \
+    --location="$REGION" \
+    --uniform-bucket-level-access \
+    --public-access-prevention
+}
+
 bucket() {
-  if ! exists gcloud storage buckets describe "gs://$BUCKET" --project="$PROJECT_ID"; then
-    run gcloud storage buckets create "gs://$BUCKET" \
-      --project="$PROJECT_ID" \
-      --location="$REGION" \
-      --uniform-bucket-level-access \
-      --public-access-prevention
-  fi
+  private_bucket "$BUCKET"
   run gcloud storage buckets update "gs://$BUCKET" \
     --project="$PROJECT_ID" \
     --versioning \
@@ -96,13 +100,7 @@ bucket() {
 # skips it; a job may name any bucket the accounts below can read and write).
 jobs_bucket() {
   [[ -n ${JOBS_BUCKET:-} ]] || return 0
-  if ! exists gcloud storage buckets describe "gs://$JOBS_BUCKET" --project="$PROJECT_ID"; then
-    run gcloud storage buckets create "gs://$JOBS_BUCKET" \
-      --project="$PROJECT_ID" \
-      --location="$REGION" \
-      --uniform-bucket-level-access \
-      --public-access-prevention
-  fi
+  private_bucket "$JOBS_BUCKET"
   # batch_submit checks a job's input exists; the worker reads it and writes predictions.
   run gcloud storage buckets add-iam-policy-binding "gs://$JOBS_BUCKET" \
     --project="$PROJECT_ID" \
