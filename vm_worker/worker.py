@@ -1,7 +1,9 @@
 """The batch worker: a Pub/Sub pull subscriber that runs jobs recorded in Redis.
 
 `handle_job` is the whole life of one job and knows nothing of Pub/Sub; `Worker` feeds it from
-a streaming pull and acks a message only once Redis holds the job's outcome.
+a streaming pull and acks a message only once Redis holds the job's outcome (or once Redis says
+another worker is responsible for it). While Redis is unreachable, a worker holds the messages
+it has and waits for Redis rather than nack them: an outage costs no delivery attempt.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent import futures
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import redis
 
 from nimbus.bus import decode_job_message
 from nimbus.errors import NimbusError, ServiceUnavailable
@@ -39,14 +43,31 @@ logger = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 5
 
+# What the redis client raises when the server is gone, restarting or still loading its data.
+STORE_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+# Waits between tries while Redis is unreachable, and before re-opening a pull that ended.
+STORE_WAIT_SECONDS = (0.5, 5.0)
+RESUBSCRIBE_SECONDS = (1.0, 30.0)
+
 
 class Outcome(enum.StrEnum):
     """What became of one delivery; every outcome but RETRY is acked."""
 
     DONE = "done"  # this worker wrote the result
     FAILED = "failed"  # the job can never succeed; FAILURE recorded
-    SKIPPED = "skipped"  # unknown or already finished: nothing to do
-    RETRY = "retry"  # a dependency is down or another worker holds the job: redeliver later
+    SKIPPED = "skipped"  # unknown, finished, or another worker holds it: nothing to do here
+    RETRY = "retry"  # the attempt failed or the model is unavailable: redeliver later
+
+
+class StoreDown(Exception):
+    """Redis went away during an attempt, and the claim could not be given back: once Redis
+    answers again, release `claim` (recording `error`, the attempt's own failure, if any)."""
+
+    def __init__(self, claim: Claim, error: dict[str, Any] | None) -> None:
+        super().__init__(f"redis unreachable while job {claim.job_id} was held")
+        self.claim = claim
+        self.error = error
 
 
 def handle_job(
@@ -76,10 +97,14 @@ def handle_job(
     )
     if isinstance(claim, ClaimRefused):
         if claim is ClaimRefused.LEASED:
-            # Someone holds a live lease. Ack only once it ends: if that worker dies, this
-            # delivery is what lets the job run again after its lease expires.
-            logger.info("· job %s leased by another worker", job_id, extra={"job_id": job_id})
-            return Outcome.RETRY
+            # A duplicate: another worker holds a live lease. Acked, not nacked: nacking would
+            # spend the delivery attempts of a job that is running fine. Its outcome is the
+            # lease holder's; if that worker dies, the reconciler publishes the job again
+            # once the lease runs out.
+            logger.info(
+                "· job %s skipped: leased by another worker", job_id, extra={"job_id": job_id}
+            )
+            return Outcome.SKIPPED
         logger.info("· job %s skipped: %s", job_id, claim.value, extra={"job_id": job_id})
         return Outcome.SKIPPED
     try:
@@ -89,12 +114,16 @@ def handle_job(
             return _run_from_storage(claim, store, model, owner, lease_seconds, chunk_rows, storage)
         return _run_claimed(claim, store, model, owner, lease_seconds, chunk_rows)
     except Exception as error:
-        store.release(
-            job_id,
-            owner=owner,
-            epoch=claim.epoch,
-            error={"code": "attempt_failed", "message": f"{type(error).__name__}: {error}"[:500]},
+        # Redis going away is not the job's failure: no last_error for that.
+        failure = (
+            None
+            if isinstance(error, STORE_DOWN)
+            else {"code": "attempt_failed", "message": f"{type(error).__name__}: {error}"[:500]}
         )
+        try:
+            store.release(job_id, owner=owner, epoch=claim.epoch, error=failure)
+        except STORE_DOWN:
+            raise StoreDown(claim, failure) from error
         raise
 
 
@@ -284,10 +313,12 @@ class Worker:
         reconcile_after: float,
         storage: StorageClient | None = None,
         name: str | None = None,
+        topology: Callable[[], None] | None = None,
     ) -> None:
         """`max_messages` jobs run at once (flow control); a claim lasts `lease_seconds` and
         is renewed every `chunk_rows` items; jobs PENDING over `reconcile_after` seconds are
-        published again."""
+        published again. `topology` re-creates missing topics and subscriptions (after an
+        emulator restart) before a pull that ended is opened again."""
         self.subscriber = subscriber
         self.store = store
         self.models = models
@@ -299,6 +330,7 @@ class Worker:
         self.chunk_rows = chunk_rows
         self.reconcile_after = reconcile_after
         self.storage = storage
+        self.topology = topology
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._stop = threading.Event()
         self._last_heartbeat = -float(HEARTBEAT_SECONDS)
@@ -310,7 +342,7 @@ class Worker:
         from google.cloud import pubsub_v1, storage
         from mlflow import MlflowClient
 
-        from nimbus.bus import JobBus, new_publisher
+        from nimbus.bus import JobBus, ensure_topology, new_publisher
         from nimbus.jobs import JobStore
         from nimbus.registry import ModelRegistry
 
@@ -342,6 +374,7 @@ class Worker:
             chunk_rows=settings.chunk_rows,
             reconcile_after=settings.reconcile_after,
             storage=storage.Client(),
+            topology=lambda: ensure_topology(settings),
         )
 
     def on_message(self, message: Any) -> None:
@@ -350,48 +383,105 @@ class Worker:
         job_id = _job_id_or_ack(message)
         if job_id is None:
             return
-        try:
-            outcome = handle_job(
-                job_id,
-                self.store,
-                self.models,
-                owner=self.name,
-                lease_seconds=self.lease_seconds,
-                chunk_rows=self.chunk_rows,
-                storage=self.storage,
-            )
-        except NimbusError as error:
-            logger.warning("↻ job %s retry: %s", job_id, error.message, extra={"job_id": job_id})
-            outcome = Outcome.RETRY
-        except Exception:
-            # A model that raises, Redis down mid-job: the job was given back (or its lease
-            # runs out) and the redelivery tries again.
-            logger.exception("↻ job %s retry after an error", job_id, extra={"job_id": job_id})
-            outcome = Outcome.RETRY
-        if outcome is Outcome.RETRY:
+        if self._process(job_id) is Outcome.RETRY:
             message.nack()
         else:
             message.ack()
 
+    def _process(self, job_id: str) -> Outcome:
+        """`handle_job`, tried again in place while Redis is unreachable: the message stays
+        held (the client library extends its ack deadline), so an outage spends no delivery
+        attempt and the flow control stops the pull meanwhile."""
+        held: StoreDown | None = None
+        while True:
+            try:
+                if held is not None:
+                    # Give back the claim the outage left us holding, then go on as usual.
+                    self.store.release(
+                        job_id, owner=self.name, epoch=held.claim.epoch, error=held.error
+                    )
+                    if held.error is not None:
+                        return Outcome.RETRY  # the attempt had failed on its own
+                    held = None
+                return handle_job(
+                    job_id,
+                    self.store,
+                    self.models,
+                    owner=self.name,
+                    lease_seconds=self.lease_seconds,
+                    chunk_rows=self.chunk_rows,
+                    storage=self.storage,
+                )
+            except StoreDown as down:
+                held = down
+                if down.error is not None:
+                    logger.warning(
+                        "↻ job %s attempt failed: %s",
+                        job_id,
+                        down.error["message"],
+                        extra={"job_id": job_id},
+                    )
+            except STORE_DOWN:
+                pass
+            except NimbusError as error:
+                logger.warning(
+                    "↻ job %s retry: %s", job_id, error.message, extra={"job_id": job_id}
+                )
+                return Outcome.RETRY
+            except Exception:
+                # A model that raises: the job was given back and the redelivery tries again.
+                logger.exception("↻ job %s retry after an error", job_id, extra={"job_id": job_id})
+                return Outcome.RETRY
+            if not self._await_store(job_id):
+                return Outcome.RETRY  # stopping: the message goes back to Pub/Sub
+
+    def _await_store(self, job_id: str) -> bool:
+        """Wait, with backoff, until Redis answers; False if the worker stops first."""
+        logger.warning(
+            "redis unreachable: job %s waits for it, its message held",
+            job_id,
+            extra={"job_id": job_id},
+        )
+        delay, longest = STORE_WAIT_SECONDS
+        while not self._stop.wait(delay):
+            try:
+                if self.store.connection.ping():
+                    return True
+            except STORE_DOWN:
+                pass
+            delay = min(2 * delay, longest)
+        return False
+
     def on_dead_letter(self, message: Any) -> None:
-        """Dead-letter callback: the job becomes FAILURE with why; ack once Redis holds it."""
+        """Dead-letter callback: the job becomes FAILURE with why, unless a live worker holds
+        it; ack once Redis holds that. Redis down: wait for it, the message held."""
         job_id = _job_id_or_ack(message)
         if job_id is None:
             return
-        try:
-            # On the dead-letter subscription the count travels as an attribute.
-            count = message.attributes.get("CloudPubSubDeadLetterSourceDeliveryCount")
-            attempts = int(count) if count and count.isdigit() else None
-            record_dead_letter(self.store, job_id, delivery_attempts=attempts)
-        except Exception:
-            logger.exception("dead letter for job %s not recorded", job_id)
+        # On the dead-letter subscription the count travels as an attribute.
+        count = message.attributes.get("CloudPubSubDeadLetterSourceDeliveryCount")
+        attempts = int(count) if count and count.isdigit() else None
+        while True:
+            try:
+                record_dead_letter(
+                    self.store,
+                    job_id,
+                    delivery_attempts=attempts,
+                    live_workers=set(self.store.workers()),
+                )
+            except STORE_DOWN:
+                if self._await_store(job_id):
+                    continue
+            except Exception:
+                logger.exception("dead letter for job %s not recorded", job_id)
+            else:
+                message.ack()
+                return
             message.nack()
             return
-        message.ack()
 
     def run(self) -> None:
         """Pull until `stop()` (or SIGTERM through the entry point); finish in-flight jobs first."""
-        from google.cloud import pubsub_v1
 
         # Load the model before the first job arrives; if the registry is down, jobs wait for it.
         try:
@@ -399,26 +489,13 @@ class Worker:
             logger.info("worker %s serving %s/%s", self.name, model.name, model.version)
         except NimbusError as error:
             logger.warning("model not loaded yet: %s", error.message)
-        scheduler = pubsub_v1.subscriber.scheduler.ThreadScheduler(
-            futures.ThreadPoolExecutor(
-                max_workers=self.max_messages, thread_name_prefix="nimbus-job"
-            )
-        )
-        pulls = [
-            self.subscriber.subscribe(
-                self.subscription_path,
-                callback=self.on_message,
-                flow_control=pubsub_v1.types.FlowControl(max_messages=self.max_messages),
-                scheduler=scheduler,
-                await_callbacks_on_shutdown=True,
-            ),
-            self.subscriber.subscribe(
-                self.dead_letter_subscription_path,
-                callback=self.on_dead_letter,
-                flow_control=pubsub_v1.types.FlowControl(max_messages=1),
-                await_callbacks_on_shutdown=True,
-            ),
-        ]
+        pulls: dict[str, futures.Future[Any] | None] = {
+            "jobs": self._pull_jobs(),
+            "dead letters": self._pull_dead_letters(),
+        }
+        opened = dict.fromkeys(pulls, time.monotonic())
+        reopen = dict.fromkeys(pulls, 0.0)
+        waits = dict.fromkeys(pulls, RESUBSCRIBE_SECONDS[0])
         logger.info(
             "worker %s listening on %s (up to %d jobs at once)",
             self.name,
@@ -429,18 +506,70 @@ class Worker:
             while not self._stop.wait(0.5):
                 self._heartbeat()
                 self._reconcile()
-                for pull in pulls:
-                    if pull.done():
-                        # The stream ended on its own (e.g. the subscription vanished): say why.
-                        pull.result()
-                        return
+                for name, pull in pulls.items():
+                    if pull is not None and pull.done():
+                        # The stream ended on its own: the subscription vanished (an emulator
+                        # restart loses it), or a permanent error. Say why, then open it again.
+                        logger.error("pull of %s ended: %r; reopening it", name, pull.exception())
+                        if time.monotonic() - opened[name] > RESUBSCRIBE_SECONDS[1]:
+                            waits[name] = RESUBSCRIBE_SECONDS[0]  # it had been working
+                        pulls[name] = None
+                        reopen[name] = time.monotonic() + waits[name]
+                        waits[name] = min(2 * waits[name], RESUBSCRIBE_SECONDS[1])
+                    elif pull is None and time.monotonic() >= reopen[name]:
+                        pulls[name] = self._reopen(name)
+                        opened[name] = time.monotonic()
+                        if pulls[name] is None:
+                            reopen[name] = time.monotonic() + waits[name]
+                            waits[name] = min(2 * waits[name], RESUBSCRIBE_SECONDS[1])
         finally:
-            for pull in pulls:
+            live = [pull for pull in pulls.values() if pull is not None]
+            for pull in live:
                 pull.cancel()
-            for pull in pulls:
+            for pull in live:
                 with contextlib.suppress(futures.CancelledError, futures.TimeoutError):
                     pull.result(timeout=60)
             logger.info("worker %s stopped", self.name)
+
+    def _pull_jobs(self) -> futures.Future[Any]:
+        from google.cloud import pubsub_v1
+
+        # A scheduler of its own each time: closing a pull shuts its scheduler down.
+        scheduler = pubsub_v1.subscriber.scheduler.ThreadScheduler(
+            futures.ThreadPoolExecutor(
+                max_workers=self.max_messages, thread_name_prefix="nimbus-job"
+            )
+        )
+        return self.subscriber.subscribe(
+            self.subscription_path,
+            callback=self.on_message,
+            flow_control=pubsub_v1.types.FlowControl(max_messages=self.max_messages),
+            scheduler=scheduler,
+            await_callbacks_on_shutdown=True,
+        )
+
+    def _pull_dead_letters(self) -> futures.Future[Any]:
+        from google.cloud import pubsub_v1
+
+        return self.subscriber.subscribe(
+            self.dead_letter_subscription_path,
+            callback=self.on_dead_letter,
+            flow_control=pubsub_v1.types.FlowControl(max_messages=1),
+            await_callbacks_on_shutdown=True,
+        )
+
+    def _reopen(self, name: str) -> futures.Future[Any] | None:
+        """Re-create missing topics and subscriptions, then pull `name` again; None if that
+        failed (Pub/Sub still down): the caller tries again later."""
+        try:
+            if self.topology is not None:
+                self.topology()
+            pull = self._pull_jobs() if name == "jobs" else self._pull_dead_letters()
+        except Exception as exc:
+            logger.warning("pull of %s not reopened yet: %s", name, exc)
+            return None
+        logger.info("pull of %s reopened", name)
+        return pull
 
     def _reconcile(self) -> None:
         """Every quarter of `reconcile_after`, one worker of all (a Redis lock) reconciles."""

@@ -79,15 +79,20 @@ def test_a_finished_job_delivered_again_is_not_run_again(job_store: JobStore):
     assert model.calls == [1]
 
 
-def test_a_job_another_worker_holds_is_left_for_redelivery(job_store: JobStore):
+def test_a_duplicate_of_a_job_another_worker_holds_is_acked(job_store: JobStore):
+    """Nacking it would spend the delivery attempts of a job that runs fine elsewhere."""
     job = job_store.create([{"x": 1, "y": 2}])
     job_store.claim(job.id, owner="other", lease_seconds=30)
     model = SumModel()
 
     outcome = run(job.id, job_store, Registry(model))
 
-    assert outcome is Outcome.RETRY
+    assert outcome is Outcome.SKIPPED
     assert model.calls == []
+    held = job_store.fetch(job.id)
+    assert held is not None and held.status is JobStatus.STARTED and held.owner == "other"
+    # Its lease is indexed: should "other" die, the reconciler publishes the job again.
+    assert job_store.connection.zscore(job_store.leases_key, job.id) is not None
 
 
 def test_registry_down_takes_no_claim(job_store: JobStore):
