@@ -19,7 +19,7 @@ from tests.conftest import stack_settings
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test here is a chaos test: `make chaos` runs them; `make test` does not yet."""
+    """Every test here is a chaos test: `make chaos` runs only these; `make test` runs them too."""
     for item in items:
         if "tests/chaos/" in str(item.path):
             item.add_marker(pytest.mark.chaos)
