@@ -68,8 +68,9 @@ else
 end
 redis.call('ZREM', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), ARGV[4])
-local source = redis.call('HMGET', KEYS[1], 'inputs', 'input_uri', 'output_uri')
-return {'claimed', epoch, attempts, source[1] or '[]', reprocess, source[2] or '', source[3] or ''}
+local source = redis.call('HMGET', KEYS[1], 'inputs', 'input_uri', 'output_uri', 'created_at')
+return {'claimed', epoch, attempts, source[1] or '[]', reprocess, source[2] or '', source[3] or '',
+  source[4] or '', stamp(now)}
 """
 )
 

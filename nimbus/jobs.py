@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -97,6 +97,9 @@ class Claim:
     reprocess: bool = False  # a finished job re-run because the production model changed
     input_uri: str | None = None  # a large job's items, in GCS (inputs is empty then)
     output_uri: str | None = None
+    # Redis's clock, both: their gap is the job's time in the queue. Not part of equality.
+    created_at: float | None = field(default=None, compare=False)
+    claimed_at: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -325,7 +328,7 @@ class JobStore:
         verdict = _text(reply[0])
         if verdict != "claimed":
             return ClaimRefused(verdict)
-        _, epoch, attempts, inputs, reprocess, input_uri, output_uri = reply
+        _, epoch, attempts, inputs, reprocess, input_uri, output_uri, created, now = reply
         return Claim(
             job_id=job_id,
             epoch=int(epoch),
@@ -334,6 +337,8 @@ class JobStore:
             reprocess=bool(int(reprocess)),
             input_uri=_text(input_uri) or None,
             output_uri=_text(output_uri) or None,
+            created_at=_float(created or None),
+            claimed_at=_float(now),
         )
 
     def extend_lease(

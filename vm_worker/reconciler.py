@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from nimbus.bus import RETAIN_ACKED_SECONDS
 from nimbus.errors import ServiceUnavailable
 from nimbus.jobs import JobStatus
+from vm_worker.events import JobLog
 
 if TYPE_CHECKING:
     from nimbus.bus import JobBus
@@ -99,6 +100,7 @@ def record_dead_letter(
     *,
     delivery_attempts: int | None,
     live_workers: set[str] | None = None,
+    log: JobLog | None = None,
 ) -> bool:
     """FAILURE for a job Pub/Sub dead-lettered, with its last attempt's error; True if changed.
 
@@ -129,11 +131,12 @@ def record_dead_letter(
         },
     )
     if changed:
-        logger.error(
+        (log or JobLog(job_id)).event(
+            logging.ERROR,
+            "dead_lettered",
             "! job %s failed: dead-lettered after %s attempts",
             job_id,
             attempts,
-            extra={"job_id": job_id},
         )
     elif not job.is_terminal:
         logger.warning(

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent import futures
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -25,12 +26,15 @@ import redis
 
 from nimbus.bus import decode_job_message
 from nimbus.errors import NimbusError, ServiceUnavailable
-from nimbus.jobs import Claim, ClaimRefused
+from nimbus.jobs import Claim, ClaimRefused, JobStatus
 from nimbus.storage import open_result_writer, read_items, result_uri
 from vm_worker.chunks import chunks, predict_chunk
+from vm_worker.events import JobLog, WorkerMetrics
 from vm_worker.reconciler import reconcile, record_dead_letter
 
 if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
     from google.cloud import pubsub_v1
     from google.cloud.storage import Client as StorageClient
 
@@ -79,18 +83,22 @@ def handle_job(
     lease_seconds: int,
     chunk_rows: int = 10_000,
     storage: StorageClient | None = None,
+    log: JobLog | None = None,
+    metrics: WorkerMetrics | None = None,
 ) -> Outcome:
     """Claim the job, predict its items chunk by chunk with one model version, and record
     the result and SUCCESS in one step. A failed attempt gives the job back and raises.
 
     A large job's items are streamed from GCS and its predictions streamed back (`storage`).
+    Each event is a line of `log` (the job's trace on it) and a move of `metrics`.
     """
+    log = log or JobLog(job_id)
     # The model first: if the registry is down, no claim is taken and the redelivery is free
     # to run the job later. This one model does the whole job: a batch never mixes versions.
     try:
         model = models.production()
     except ServiceUnavailable as error:
-        logger.warning("↻ job %s retry: %s", job_id, error.message, extra={"job_id": job_id})
+        log.event(logging.WARNING, "retry", "↻ job %s retry: %s", job_id, error.message)
         return Outcome.RETRY
     claim = store.claim(
         job_id, owner=owner, lease_seconds=lease_seconds, model_version=model.version
@@ -101,18 +109,19 @@ def handle_job(
             # spend the delivery attempts of a job that is running fine. Its outcome is the
             # lease holder's; if that worker dies, the reconciler publishes the job again
             # once the lease runs out.
-            logger.info(
-                "· job %s skipped: leased by another worker", job_id, extra={"job_id": job_id}
-            )
+            log.event(logging.INFO, "skipped", "· job %s skipped: leased by another worker", job_id)
             return Outcome.SKIPPED
-        logger.info("· job %s skipped: %s", job_id, claim.value, extra={"job_id": job_id})
+        log.event(logging.INFO, "skipped", "· job %s skipped: %s", job_id, claim.value)
         return Outcome.SKIPPED
+    if metrics is not None:
+        metrics.claimed(claim)
+    run = _Run(claim, store, model, owner, lease_seconds, chunk_rows, log, metrics)
     try:
         if claim.input_uri is not None:
             if storage is None:
                 raise RuntimeError("this worker has no Cloud Storage client for large jobs")
-            return _run_from_storage(claim, store, model, owner, lease_seconds, chunk_rows, storage)
-        return _run_claimed(claim, store, model, owner, lease_seconds, chunk_rows)
+            return _run_from_storage(run, storage)
+        return _run_claimed(run)
     except Exception as error:
         # Redis going away is not the job's failure: no last_error for that.
         failure = (
@@ -127,109 +136,155 @@ def handle_job(
         raise
 
 
-def _run_claimed(
-    claim: Claim,
-    store: JobStore,
-    model: LoadedModel,
-    owner: str,
-    lease_seconds: int,
-    chunk_rows: int,
-) -> Outcome:
+@dataclass
+class _Run:
+    """One attempt at a claimed job, and what it needs."""
+
+    claim: Claim
+    store: JobStore
+    model: LoadedModel
+    owner: str
+    lease_seconds: int
+    chunk_rows: int
+    log: JobLog
+    metrics: WorkerMetrics | None
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def job_id(self) -> str:
+        return self.claim.job_id
+
+    def begin(self, what: str) -> None:
+        """The claimed (or reprocessing) event: the model is set to work on the job."""
+        claim, model = self.claim, self.model
+        self.log.event(
+            logging.INFO,
+            "reprocessing" if claim.reprocess else "claimed",
+            "→ job %s %s: %s, attempt %d, %s/%s",
+            claim.job_id,
+            "reprocessing" if claim.reprocess else "started",
+            what,
+            claim.attempts,
+            model.name,
+            model.version,
+        )
+
+    def chunk_done(self, done: int, answered: int, rejected: int, total: int | None) -> bool:
+        """Record a chunk: renew the lease, show progress; False if the job is no longer ours
+        (revoked, or taken over after our lease ran out): stop working on it then."""
+        if self.metrics is not None:
+            self.metrics.predicted(answered, rejected)
+        held = self.store.extend_lease(
+            self.job_id,
+            owner=self.owner,
+            epoch=self.claim.epoch,
+            lease_seconds=self.lease_seconds,
+            done=done,
+        )
+        if held:
+            self.log.event(
+                logging.DEBUG, "progress", "· job %s progress: %d of %s", self.job_id, done, total
+            )
+            return True
+        job = self.store.fetch(self.job_id, with_result=False)
+        revoked = job is not None and job.status is JobStatus.REVOKED
+        self.log.event(
+            logging.WARNING,
+            "revoked" if revoked else "lost",
+            "■ job %s stopped after %d items: %s",
+            self.job_id,
+            done,
+            "revoked" if revoked else "taken over by another worker",
+        )
+        if revoked:
+            self._finished(JobStatus.REVOKED)
+        return False
+
+    def fail_every_item_rejected(self, first_error: str) -> Outcome:
+        self.store.fail(
+            self.job_id,
+            epoch=self.claim.epoch,
+            error={
+                "code": "all_items_failed",
+                "message": f"The model rejected every item; the first: {first_error}",
+            },
+        )
+        self.log.event(
+            logging.WARNING, "failed", "! job %s failed: every item rejected", self.job_id
+        )
+        self._finished(JobStatus.FAILURE)
+        return Outcome.FAILED
+
+    def lease_lost(self) -> Outcome:
+        # Another worker took over after our lease ran out; its outcome stands.
+        self.log.event(
+            logging.WARNING, "lost", "job %s: result not written, lease lost", self.job_id
+        )
+        return Outcome.SKIPPED
+
+    def succeeded(self, items: int, rejected: int, where: str) -> Outcome:
+        self.log.event(
+            logging.INFO,
+            "reprocessed" if self.claim.reprocess else "succeeded",
+            "← job %s done: %d items (%d rejected)%s in %.3fs by %s/%s",
+            self.job_id,
+            items,
+            rejected,
+            where,
+            time.perf_counter() - self.started,
+            self.model.name,
+            self.model.version,
+        )
+        self._finished(JobStatus.SUCCESS)
+        return Outcome.DONE
+
+    def _finished(self, state: JobStatus) -> None:
+        if self.metrics is not None:
+            self.metrics.finished(state.value, time.perf_counter() - self.started)
+
+
+def _run_claimed(run: _Run) -> Outcome:
+    claim, model = run.claim, run.model
     job_id, items = claim.job_id, claim.inputs
     if not isinstance(items, list):
         raise TypeError(f"job {job_id} inputs are {type(items).__name__}, not a list of items")
-    logger.info(
-        "→ job %s %s: %d items, attempt %d, %s/%s",
-        job_id,
-        "reprocessing" if claim.reprocess else "started",
-        len(items),
-        claim.attempts,
-        model.name,
-        model.version,
-        extra={"job_id": job_id},
-    )
-    started = time.perf_counter()
+    run.begin(f"{len(items)} items")
     result: list[dict[str, Any]] = []
     item_errors: list[dict[str, Any]] = []
-    for offset, chunk in chunks(items, chunk_rows):
+    for offset, chunk in chunks(items, run.chunk_rows):
         done = predict_chunk(model, chunk, offset=offset)
         result.extend(done.answers)
         item_errors.extend(done.errors)
         # The lease grows with every chunk, and progress shows; a revoked job stops here.
-        if not store.extend_lease(
-            job_id, owner=owner, epoch=claim.epoch, lease_seconds=lease_seconds, done=len(result)
-        ):
-            logger.warning(
-                "■ job %s stopped after %d items: revoked or taken over",
-                job_id,
-                len(result),
-                extra={"job_id": job_id},
-            )
+        answered = len(done.answers) - len(done.errors)
+        if not run.chunk_done(len(result), answered, len(done.errors), len(items)):
             return Outcome.SKIPPED
     model_body = {"name": model.name, "version": model.version}
     if items and len(item_errors) == len(items):
-        store.fail(
-            job_id,
-            epoch=claim.epoch,
-            error={
-                "code": "all_items_failed",
-                "message": f"The model rejected every item; the first: {item_errors[0]['message']}",
-            },
-        )
-        logger.warning("! job %s failed: every item rejected", job_id, extra={"job_id": job_id})
-        return Outcome.FAILED
-    if not store.complete(
+        return run.fail_every_item_rejected(item_errors[0]["message"])
+    if not run.store.complete(
         job_id, epoch=claim.epoch, result=result, model=model_body, item_errors=item_errors
     ):
-        # Another worker took over after our lease ran out; its outcome stands.
-        logger.warning("job %s: result not written, lease lost", job_id, extra={"job_id": job_id})
-        return Outcome.SKIPPED
-    logger.info(
-        "← job %s done: %d items (%d rejected) in %.3fs by %s/%s",
-        job_id,
-        len(result),
-        len(item_errors),
-        time.perf_counter() - started,
-        model.name,
-        model.version,
-        extra={"job_id": job_id},
-    )
-    return Outcome.DONE
+        return run.lease_lost()
+    return run.succeeded(len(result), len(item_errors), "")
 
 
-def _run_from_storage(
-    claim: Claim,
-    store: JobStore,
-    model: LoadedModel,
-    owner: str,
-    lease_seconds: int,
-    chunk_rows: int,
-    storage: StorageClient,
-) -> Outcome:
+def _run_from_storage(run: _Run, storage: StorageClient) -> Outcome:
     """A large job: items streamed from input_uri, one JSON line per item to the result object.
 
     Memory holds one chunk at a time. The result object appears only when the upload is
     finalised, after the last chunk: a stopped or failed attempt leaves none behind.
     """
+    claim, model = run.claim, run.model
     job_id = claim.job_id
     assert claim.input_uri is not None and claim.output_uri is not None
     target = result_uri(claim.output_uri, job_id)
-    logger.info(
-        "→ job %s %s: items from %s, attempt %d, %s/%s",
-        job_id,
-        "reprocessing" if claim.reprocess else "started",
-        claim.input_uri,
-        claim.attempts,
-        model.name,
-        model.version,
-        extra={"job_id": job_id},
-    )
-    started = time.perf_counter()
+    run.begin(f"items from {claim.input_uri}")
     done = 0
     item_errors: list[dict[str, Any]] = []
     writer = open_result_writer(storage, target)
     try:
-        for chunk in read_items(storage, claim.input_uri, chunk_rows=chunk_rows):
+        for chunk in read_items(storage, claim.input_uri, chunk_rows=run.chunk_rows):
             answers = predict_chunk(model, chunk, offset=done)
             writer.write(
                 b"".join(
@@ -239,32 +294,18 @@ def _run_from_storage(
             )
             item_errors.extend(answers.errors)
             done += len(chunk)
-            if not store.extend_lease(
-                job_id, owner=owner, epoch=claim.epoch, lease_seconds=lease_seconds, done=done
-            ):
-                logger.warning(
-                    "■ job %s stopped after %d items: revoked or taken over",
-                    job_id,
-                    done,
-                    extra={"job_id": job_id},
-                )
+            answered = len(answers.answers) - len(answers.errors)
+            if not run.chunk_done(done, answered, len(answers.errors), None):
+                _abandon(writer)
                 return Outcome.SKIPPED
     except BaseException:
         _abandon(writer)
         raise
     if done and len(item_errors) == done:
         _abandon(writer)
-        store.fail(
-            job_id,
-            epoch=claim.epoch,
-            error={
-                "code": "all_items_failed",
-                "message": f"The model rejected every item; the first: {item_errors[0]['message']}",
-            },
-        )
-        return Outcome.FAILED
+        return run.fail_every_item_rejected(item_errors[0]["message"])
     writer.close()
-    written = store.complete(
+    written = run.store.complete(
         job_id,
         epoch=claim.epoch,
         result=[],
@@ -274,18 +315,8 @@ def _run_from_storage(
         result_uri=target,
     )
     if not written:
-        logger.warning("job %s: result not written, lease lost", job_id, extra={"job_id": job_id})
-        return Outcome.SKIPPED
-    logger.info(
-        "← job %s done: %d items (%d rejected) to %s in %.3fs",
-        job_id,
-        done,
-        len(item_errors),
-        target,
-        time.perf_counter() - started,
-        extra={"job_id": job_id},
-    )
-    return Outcome.DONE
+        return run.lease_lost()
+    return run.succeeded(done, len(item_errors), f" to {target}")
 
 
 def _abandon(writer: Any) -> None:
@@ -314,11 +345,15 @@ class Worker:
         storage: StorageClient | None = None,
         name: str | None = None,
         topology: Callable[[], None] | None = None,
+        project: str = "",
+        metrics: WorkerMetrics | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         """`max_messages` jobs run at once (flow control); a claim lasts `lease_seconds` and
         is renewed every `chunk_rows` items; jobs PENDING over `reconcile_after` seconds are
         published again. `topology` re-creates missing topics and subscriptions (after an
-        emulator restart) before a pull that ended is opened again."""
+        emulator restart) before a pull that ended is opened again. Job log lines name their
+        trace in `project`; `metrics` are served on `metrics_port` while the worker runs."""
         self.subscriber = subscriber
         self.store = store
         self.models = models
@@ -331,6 +366,9 @@ class Worker:
         self.reconcile_after = reconcile_after
         self.storage = storage
         self.topology = topology
+        self.project = project
+        self.metrics = metrics or WorkerMetrics()
+        self.metrics_port = metrics_port
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._stop = threading.Event()
         self._last_heartbeat = -float(HEARTBEAT_SECONDS)
@@ -375,6 +413,8 @@ class Worker:
             reconcile_after=settings.reconcile_after,
             storage=storage.Client(),
             topology=lambda: ensure_topology(settings),
+            project=settings.project,
+            metrics_port=settings.worker_metrics_port,
         )
 
     def on_message(self, message: Any) -> None:
@@ -383,12 +423,15 @@ class Worker:
         job_id = _job_id_or_ack(message)
         if job_id is None:
             return
-        if self._process(job_id) is Outcome.RETRY:
+        log = JobLog.for_message(job_id, message.attributes or {}, self.project)
+        with self.metrics.in_flight.track_inprogress():
+            outcome = self._process(job_id, log)
+        if outcome is Outcome.RETRY:
             message.nack()
         else:
             message.ack()
 
-    def _process(self, job_id: str) -> Outcome:
+    def _process(self, job_id: str, log: JobLog) -> Outcome:
         """`handle_job`, tried again in place while Redis is unreachable: the message stays
         held (the client library extends its ack deadline), so an outage spends no delivery
         attempt and the flow control stops the pull meanwhile."""
@@ -411,36 +454,38 @@ class Worker:
                     lease_seconds=self.lease_seconds,
                     chunk_rows=self.chunk_rows,
                     storage=self.storage,
+                    log=log,
+                    metrics=self.metrics,
                 )
             except StoreDown as down:
                 held = down
                 if down.error is not None:
-                    logger.warning(
-                        "↻ job %s attempt failed: %s",
+                    log.event(
+                        logging.WARNING,
+                        "retry",
+                        "↻ job %s retry after an error: %s",
                         job_id,
                         down.error["message"],
-                        extra={"job_id": job_id},
                     )
             except STORE_DOWN:
                 pass
             except NimbusError as error:
-                logger.warning(
-                    "↻ job %s retry: %s", job_id, error.message, extra={"job_id": job_id}
-                )
+                log.event(logging.WARNING, "retry", "↻ job %s retry: %s", job_id, error.message)
                 return Outcome.RETRY
             except Exception:
                 # A model that raises: the job was given back and the redelivery tries again.
-                logger.exception("↻ job %s retry after an error", job_id, extra={"job_id": job_id})
+                log.exception("retry", "↻ job %s retry after an error", job_id)
                 return Outcome.RETRY
-            if not self._await_store(job_id):
+            if not self._await_store(job_id, log):
                 return Outcome.RETRY  # stopping: the message goes back to Pub/Sub
 
-    def _await_store(self, job_id: str) -> bool:
+    def _await_store(self, job_id: str, log: JobLog) -> bool:
         """Wait, with backoff, until Redis answers; False if the worker stops first."""
-        logger.warning(
-            "redis unreachable: job %s waits for it, its message held",
+        log.event(
+            logging.WARNING,
+            "waiting",
+            "redis unreachable: job %s waits for it, message held",
             job_id,
-            extra={"job_id": job_id},
         )
         delay, longest = STORE_WAIT_SECONDS
         while not self._stop.wait(delay):
@@ -458,19 +503,22 @@ class Worker:
         job_id = _job_id_or_ack(message)
         if job_id is None:
             return
+        log = JobLog.for_message(job_id, message.attributes or {}, self.project)
         # On the dead-letter subscription the count travels as an attribute.
         count = message.attributes.get("CloudPubSubDeadLetterSourceDeliveryCount")
         attempts = int(count) if count and count.isdigit() else None
         while True:
             try:
-                record_dead_letter(
+                if record_dead_letter(
                     self.store,
                     job_id,
                     delivery_attempts=attempts,
                     live_workers=set(self.store.workers()),
-                )
+                    log=log,
+                ):
+                    self.metrics.finished(JobStatus.FAILURE.value)
             except STORE_DOWN:
-                if self._await_store(job_id):
+                if self._await_store(job_id, log):
                     continue
             except Exception:
                 logger.exception("dead letter for job %s not recorded", job_id)
@@ -482,7 +530,7 @@ class Worker:
 
     def run(self) -> None:
         """Pull until `stop()` (or SIGTERM through the entry point); finish in-flight jobs first."""
-
+        server = self._serve_metrics()
         # Load the model before the first job arrives; if the registry is down, jobs wait for it.
         try:
             model = self.models.production()
@@ -529,7 +577,22 @@ class Worker:
             for pull in live:
                 with contextlib.suppress(futures.CancelledError, futures.TimeoutError):
                     pull.result(timeout=60)
+            if server is not None:
+                server.shutdown()
+                server.server_close()
             logger.info("worker %s stopped", self.name)
+
+    def _serve_metrics(self) -> WSGIServer | None:
+        """Start /metrics; a port already taken costs the metrics, not the worker."""
+        if self.metrics_port is None:
+            return None
+        try:
+            server = self.metrics.serve(self.metrics_port)
+        except OSError as error:
+            logger.error("metrics not served on port %d: %s", self.metrics_port, error)
+            return None
+        logger.info("worker %s: metrics on :%d/metrics", self.name, self.metrics_port)
+        return server
 
     def _pull_jobs(self) -> futures.Future[Any]:
         from google.cloud import pubsub_v1
@@ -596,6 +659,8 @@ class Worker:
         self._last_heartbeat = now
         current = self.models.current()
         model = None if current is None else {"name": current.name, "version": current.version}
+        if current is not None:
+            self.metrics.serving(current.name, current.version)
         try:
             self.store.record_worker(
                 self.name, {"model": model, "at": time.time()}, ttl=3 * HEARTBEAT_SECONDS
