@@ -11,7 +11,7 @@ from nimbus.errors import ModelUnavailable
 from nimbus.jobs import JobStatus, JobStore
 from nimbus.schema import Column, InputSchema
 from vm_worker.events import JobLog, WorkerMetrics
-from vm_worker.worker import Outcome, handle_job
+from vm_worker.handler import Outcome, handle_job
 
 SCHEMA = InputSchema((Column("x", "double"), Column("y", "double")))
 
