@@ -268,7 +268,7 @@ class Stack:
             "pubsub": f"127.0.0.1:{self.settings.pubsub_port}",
             "gcs": f"http://127.0.0.1:{self.settings.gcs_port}",
             **{
-                f"{service.name} metrics": self.worker_metrics_url(service.name)
+                service.name: self.worker_metrics_url(service.name)
                 for service in self.services
                 if "NIMBUS_WORKER_METRICS_PORT" in service.env_overrides
             },
