@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from nimbus.jobs import Claim
 
-logger = logging.getLogger("vm_worker.worker")
+JOB_LOGGER = logging.getLogger("vm_worker.worker")
 
 # Seconds: a job of a few items takes milliseconds, a large one many minutes.
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -35,9 +35,15 @@ LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
 class JobLog:
     """Log lines about one job: each carries the job id, the event and the job's trace."""
 
-    def __init__(self, job_id: str, trace: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        trace: Mapping[str, str] | None = None,
+        logger: logging.Logger = JOB_LOGGER,
+    ) -> None:
         self.job_id = job_id
         self.trace = dict(trace or {})
+        self.logger = logger
 
     @classmethod
     def for_message(cls, job_id: str, attributes: Mapping[str, str], project: str) -> JobLog:
@@ -46,11 +52,11 @@ class JobLog:
         return cls(job_id, trace_field(project, trace_id))
 
     def event(self, level: int, event: str, message: str, *args: Any) -> None:
-        logger.log(level, message, *args, extra=self.fields(event))
+        self.logger.log(level, message, *args, extra=self.fields(event))
 
     def exception(self, event: str, message: str, *args: Any) -> None:
         """An event with the traceback of the exception being handled."""
-        logger.exception(message, *args, extra=self.fields(event))
+        self.logger.exception(message, *args, extra=self.fields(event))
 
     def fields(self, event: str) -> dict[str, Any]:
         return {"job_id": self.job_id, "event": event, **self.trace}

@@ -44,7 +44,10 @@ def reconcile(
     republished = failed = 0
     for job_id in store.pending_before(older_than):
         job = store.fetch(job_id, with_result=False)
-        if job is not None and time.time() - job.created_at > give_up_after:
+        if job is None or job.status is not JobStatus.PENDING:
+            store.requeued(job_id)  # claimed or gone meanwhile: this takes it out of the index
+            continue
+        if time.time() - job.created_at > give_up_after:
             if store.fail(
                 job_id,
                 epoch=None,
@@ -56,7 +59,9 @@ def reconcile(
                 },
             ):
                 failed += 1
-                logger.error("! job %s failed: queue lost", job_id, extra={"job_id": job_id})
+                JobLog(job_id, logger=logger).event(
+                    logging.ERROR, "failed", "! job %s failed: queue lost", job_id
+                )
             continue
         if not _publish(bus, job_id, "pending"):
             return republished, failed
@@ -64,11 +69,12 @@ def reconcile(
         tries = store.requeued(job_id, backoff=older_than)
         if tries:
             republished += 1
-            logger.warning(
+            JobLog(job_id, logger=logger).event(
+                logging.WARNING,
+                "republished",
                 "↻ job %s pending for long; published again (%d)",
                 job_id,
                 tries,
-                extra={"job_id": job_id},
             )
     for job_id in store.lapsed_leases():
         if not _publish(bus, job_id, "lease_lapsed"):
@@ -76,11 +82,12 @@ def reconcile(
         tries = store.lapsed_requeued(job_id, backoff=older_than)
         if tries:
             republished += 1
-            logger.warning(
+            JobLog(job_id, logger=logger).event(
+                logging.WARNING,
+                "republished",
                 "↻ job %s lease ran out; published again (%d)",
                 job_id,
                 tries,
-                extra={"job_id": job_id},
             )
     return republished, failed
 
@@ -131,7 +138,7 @@ def record_dead_letter(
         },
     )
     if changed:
-        (log or JobLog(job_id)).event(
+        (log or JobLog(job_id, logger=logger)).event(
             logging.ERROR,
             "dead_lettered",
             "! job %s failed: dead-lettered after %s attempts",
