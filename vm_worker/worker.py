@@ -47,7 +47,7 @@ HEARTBEAT_SECONDS = 5
 
 # Waits between tries while Redis is unreachable, and before re-opening a pull that ended.
 STORE_WAIT_SECONDS = (0.5, 5.0)
-RESUBSCRIBE_SECONDS = (1.0, 30.0)
+RESUBSCRIBE_SECONDS = (1.0, 10.0)
 
 
 class Worker:

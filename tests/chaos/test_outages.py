@@ -13,7 +13,9 @@ from tests.chaos.harness import Chaos, job_items, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-OUTAGE_SECONDS = 2.0
+# Longer than the stack's retry backoffs add up to (0.25 + 0.5 + 1 + 1 s): a worker that
+# nacked its jobs through the outage would have them dead-lettered before Redis is back.
+OUTAGE_SECONDS = 5.0
 
 
 def test_redis_killed_mid_run_loses_no_accepted_job(chaos: Chaos):
