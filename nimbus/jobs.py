@@ -20,6 +20,9 @@ One hash per job at `key_for(job_id)`, e.g. `nimbus:job:<uuid4>`:
     revision          how often a replay re-ran the job with a newer model; reprocessed_at
     reprocessing      "1" while a SUCCESS job re-runs; its old result stays readable
     input_uri, output_uri   gs:// locations of a large job's items and predictions
+    republished, lapsed_republished
+                      how often the reconciler published the job again: while it waited for
+                      a first claim, and after a lease ran out
 
 Every state change is one Lua script (`nimbus.job_scripts`), so a reader never sees a
 half-written outcome and two workers never both win. Two indexes serve the reconciler:
