@@ -17,6 +17,7 @@ help:
 	@echo "make run      install what is missing, then run the whole stack (gateway on :8080)"
 	@echo "make test     install what is missing, lint, then run every test"
 	@echo "make lint     ruff, ruff format --check, mypy, go vet"
+	@echo "make chaos    only the chaos tests: kills, stalls, outages on a real stack (~6 min; in make test too)"
 	@echo "make clean    remove the venv, built programs and local state (.nimbus/)"
 	@echo "make bench    Nimbus vs mlflow models serve vs the floor (BENCH_ARGS=--quick: ~2 min)"
 
@@ -96,7 +97,8 @@ format: $(VENV)/.synced
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# Kills, stalls and outages against a real stack (tests/chaos); about 6 minutes.
+# Only the chaos tests: kills, stalls and outages against a real stack (tests/chaos); about
+# 6 minutes. `make test` runs them too.
 chaos: install
 	$(BIN)/pytest -m chaos tests/chaos
 

@@ -121,6 +121,14 @@ class Settings:
             "doc": "How long a worker's claim on a job lasts before another may take it.",
         },
     )
+    worker_metrics_port: int = field(
+        default=9464,
+        metadata={
+            "env": "NIMBUS_WORKER_METRICS_PORT",
+            "doc": "Port of the worker's Prometheus `/metrics` (`nimbus up` picks a free one "
+            "per worker).",
+        },
+    )
     worker_max_messages: int = field(
         default=4,
         metadata={

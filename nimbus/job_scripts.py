@@ -1,6 +1,7 @@
 """The job store's Lua scripts: every state change of a job is one of these, run atomically.
 
-KEYS are always (job hash, pending index, expiry tombstone). Timestamps come from `TIME` on
+KEYS are (job hash, pending index, expiry tombstone), and for the scripts that move a claim
+the lease index fourth. Timestamps come from `TIME` on
 the server, so lease clocks do not depend on worker clocks; effects replication (the default
 since Redis 5) makes TIME safe inside writing scripts.
 """
@@ -66,8 +67,10 @@ else
   redis.call('HSETNX', KEYS[1], 'started_at', stamp(now))
 end
 redis.call('ZREM', KEYS[2], ARGV[4])
-local source = redis.call('HMGET', KEYS[1], 'inputs', 'input_uri', 'output_uri')
-return {'claimed', epoch, attempts, source[1] or '[]', reprocess, source[2] or '', source[3] or ''}
+redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), ARGV[4])
+local source = redis.call('HMGET', KEYS[1], 'inputs', 'input_uri', 'output_uri', 'created_at')
+return {'claimed', epoch, attempts, source[1] or '[]', reprocess, source[2] or '', source[3] or '',
+  source[4] or '', stamp(now)}
 """
 )
 
@@ -80,8 +83,8 @@ local function held(owner, epoch)
 end
 """
 
-# ARGV: owner, epoch, lease seconds, items done ('' = unchanged). Only the current holder may
-# extend; 0 tells a worker its job was revoked or taken over, so it stops.
+# ARGV: owner, epoch, lease seconds, items done ('' = unchanged), job id. Only the current
+# holder may extend; 0 tells a worker its job was revoked or taken over, so it stops.
 EXTEND = (
     _CLOCK
     + _HELD
@@ -89,13 +92,15 @@ EXTEND = (
 if not held(ARGV[1], ARGV[2]) then return 0 end
 local now = clock()
 redis.call('HSET', KEYS[1], 'lease_expires_at', stamp(now + tonumber(ARGV[3])))
+redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), ARGV[5])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'done', ARGV[4], 'updated_at', stamp(now)) end
 return 1
 """
 )
 
-# ARGV: owner, epoch, job id (unused), then field/value pairs (last_error). The holder gives a job back after a
-# failed attempt, so the next delivery can claim it at once instead of waiting for the lease.
+# ARGV: owner, epoch, job id, then field/value pairs (last_error). The holder gives a job back
+# after a failed attempt, so the next delivery can claim it at once instead of waiting for the
+# lease.
 RELEASE = (
     _CLOCK
     + _HELD
@@ -103,6 +108,7 @@ RELEASE = (
 if not held(ARGV[1], ARGV[2]) then return 0 end
 local now = clock()
 redis.call('HDEL', KEYS[1], 'lease_expires_at')
+redis.call('ZREM', KEYS[4], ARGV[3])
 redis.call('HSET', KEYS[1], 'updated_at', stamp(now), unpack(ARGV, 4))
 if redis.call('HGET', KEYS[1], 'reprocessing') == '1' then
   redis.call('HDEL', KEYS[1], 'reprocessing')
@@ -115,19 +121,22 @@ return 1
 """
 )
 
-# ARGV: terminal status, epoch ('' = whoever holds it, PENDING too), ttl, job id, then
-# field/value pairs to write. The outcome, the status and the TTL land in one step; a
+# ARGV: terminal status, epoch ('' = whoever holds it, PENDING too; '-' = the same, but not
+# a job under a live lease), ttl, job id, then field/value pairs to write. The outcome, the status and the TTL land in one step; a
 # reprocessed job's new result replaces the old one and bumps `revision`. Returns false for
 # an unknown job, else {1 if changed, the status after the call}.
 FINISH = (
     _CLOCK
     + """
-local job = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'reprocessing')
+local job = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'reprocessing', 'lease_expires_at')
 local status = job[1]
 if not status then return false end
 local reprocessing = job[3] == '1'
-if ARGV[2] == '' then
+if ARGV[2] == '' or ARGV[2] == '-' then
   if status ~= 'PENDING' and status ~= 'STARTED' then return {0, status} end
+  if ARGV[2] == '-' and status == 'STARTED' and (tonumber(job[4] or '0') or 0) > clock() then
+    return {0, status}
+  end
 elseif job[2] ~= ARGV[2] or (status ~= 'STARTED' and not reprocessing) then
   return {0, status}
 end
@@ -148,11 +157,63 @@ else
     unpack(ARGV, 5))
 end
 redis.call('HDEL', KEYS[1], 'lease_expires_at')
+redis.call('ZREM', KEYS[4], ARGV[4])
 redis.call('HSET', KEYS[1], 'ttl', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[4])
 -- Outlives the record by 30 days, so an expired id can say so instead of a bare 404.
 redis.call('SET', KEYS[3], now, 'EX', tonumber(ARGV[3]) + 2592000)
 return {1, final}
+"""
+)
+
+# KEYS: job hash, pending index. ARGV: job id, backoff, max backoff (seconds).
+# After the reconciler published a waiting job's message again: counts the republish and
+# moves the job's place in the index on, so the next republish waits longer: the index holds
+# a new job at its creation and the reconciler takes it `backoff` seconds later; after the
+# n-th republish it takes it again min(backoff * 2^n, max) seconds later. Only a job still
+# waiting for its first claim stays in the index (a claim took it out; a finished or vanished
+# job is taken out here). Returns the republishes so far, 0 if the job no longer waits.
+REQUEUE = (
+    _CLOCK
+    + """
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+if redis.call('HGET', KEYS[1], 'status') ~= 'PENDING' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+local count = redis.call('HINCRBY', KEYS[1], 'republished', 1)
+local backoff = tonumber(ARGV[2])
+local wait = math.min(backoff * 2 ^ math.min(count, 30), math.max(backoff, tonumber(ARGV[3])))
+redis.call('ZADD', KEYS[2], clock() + wait - backoff, ARGV[1])
+return count
+"""
+)
+
+# KEYS: job hash, lease index. ARGV: job id, backoff, max backoff (seconds).
+# After the reconciler published the message of a job whose lease ran out (its worker died or
+# stalled): counts it and moves the job's place in the index on, min(backoff * 2^(n-1), max)
+# seconds after the n-th time. A job held again meanwhile
+# goes back to its lease's deadline; one no longer held leaves the index. Returns the count, 0
+# if the job is not (or no longer) a held job with a lapsed lease.
+REQUEUE_LAPSED = (
+    _CLOCK
+    + """
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+local job = redis.call('HMGET', KEYS[1], 'status', 'lease_expires_at', 'reprocessing')
+if not (job[1] == 'STARTED' or (job[1] == 'SUCCESS' and job[3] == '1')) or not job[2] then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+local now = clock()
+local lease = tonumber(job[2]) or 0
+if lease > now then
+  redis.call('ZADD', KEYS[2], lease, ARGV[1])
+  return 0
+end
+local count = redis.call('HINCRBY', KEYS[1], 'lapsed_republished', 1)
+local wait = math.min(tonumber(ARGV[2]) * 2 ^ math.min(count - 1, 30), tonumber(ARGV[3]))
+redis.call('ZADD', KEYS[2], now + wait, ARGV[1])
+return count
 """
 )

@@ -20,20 +20,25 @@ One hash per job at `key_for(job_id)`, e.g. `nimbus:job:<uuid4>`:
     revision          how often a replay re-ran the job with a newer model; reprocessed_at
     reprocessing      "1" while a SUCCESS job re-runs; its old result stays readable
     input_uri, output_uri   gs:// locations of a large job's items and predictions
+    republished, lapsed_republished
+                      how often the reconciler published the job again: while it waited for
+                      a first claim, and after a lease ran out
 
 Every state change is one Lua script (`nimbus.job_scripts`), so a reader never sees a
-half-written outcome and two workers never both win. `nimbus:pending` indexes jobs not yet
-claimed, by age, for the reconciler; `nimbus:expired:<id>` outlives a finished record. Only terminal jobs get a TTL: Redis runs `noeviction`, so unfinished
-jobs must stay until someone finishes them. Connection errors propagate untouched
+half-written outcome and two workers never both win. Two indexes serve the reconciler:
+`nimbus:pending` holds jobs not yet claimed, scored by when to look at them next (their
+creation, later pushed on by each republish), and `nimbus:leases` holds claimed jobs, scored
+by their lease's deadline. `nimbus:expired:<id>` outlives a finished record. Only terminal
+jobs get a TTL: Redis runs `noeviction`, so unfinished jobs must stay until someone finishes
+them. Connection errors propagate untouched
 (redis.exceptions.ConnectionError / TimeoutError); callers answer 503.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -50,6 +55,9 @@ KEY_PREFIX = "nimbus:"
 DEFAULT_FINISHED_TTL = 7 * 24 * 3600
 
 MAX_STORED_ITEM_ERRORS = 1000
+
+# The longest wait between two republishes of one job by the reconciler.
+MAX_REPUBLISH_BACKOFF = 3600.0
 
 # Finished records outlive their TTL as a tombstone this long, to answer "expired".
 TOMBSTONE_SECONDS = 30 * 24 * 3600
@@ -92,6 +100,9 @@ class Claim:
     reprocess: bool = False  # a finished job re-run because the production model changed
     input_uri: str | None = None  # a large job's items, in GCS (inputs is empty then)
     output_uri: str | None = None
+    # Redis's clock, both: their gap is the job's time in the queue. Not part of equality.
+    created_at: float | None = field(default=None, compare=False)
+    claimed_at: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -188,7 +199,10 @@ class JobStore:
         self._extend = connection.register_script(job_scripts.EXTEND)
         self._release = connection.register_script(job_scripts.RELEASE)
         self._finish = connection.register_script(job_scripts.FINISH)
+        self._requeue = connection.register_script(job_scripts.REQUEUE)
+        self._requeue_lapsed = connection.register_script(job_scripts.REQUEUE_LAPSED)
         self.pending_key = f"{prefix}pending"
+        self.leases_key = f"{prefix}leases"
 
     def key_for(self, job_id: str) -> str:
         """The Redis key of a job's hash."""
@@ -311,12 +325,13 @@ class JobStore:
         """
         _check_lease(lease_seconds)
         reply = self._claim(
-            keys=self._keys(job_id), args=[owner, lease_seconds, model_version or "", _arg(job_id)]
+            keys=self._lease_keys(job_id),
+            args=[owner, lease_seconds, model_version or "", _arg(job_id)],
         )
         verdict = _text(reply[0])
         if verdict != "claimed":
             return ClaimRefused(verdict)
-        _, epoch, attempts, inputs, reprocess, input_uri, output_uri = reply
+        _, epoch, attempts, inputs, reprocess, input_uri, output_uri, created, now = reply
         return Claim(
             job_id=job_id,
             epoch=int(epoch),
@@ -325,6 +340,8 @@ class JobStore:
             reprocess=bool(int(reprocess)),
             input_uri=_text(input_uri) or None,
             output_uri=_text(output_uri) or None,
+            created_at=_float(created or None),
+            claimed_at=_float(now),
         )
 
     def extend_lease(
@@ -339,8 +356,14 @@ class JobStore:
         """Push the lease `lease_seconds` past now and record progress; False if the job is no
         longer ours (revoked, or taken over after our lease ran out): stop working on it."""
         _check_lease(lease_seconds)
-        args: list[str | int | float] = [owner, epoch, lease_seconds, "" if done is None else done]
-        return bool(self._extend(keys=self._keys(job_id), args=args))
+        args: list[str | int | float | bytes] = [
+            owner,
+            epoch,
+            lease_seconds,
+            "" if done is None else done,
+            _arg(job_id),
+        ]
+        return bool(self._extend(keys=self._lease_keys(job_id), args=args))
 
     def release(
         self, job_id: str, *, owner: str, epoch: int, error: dict[str, Any] | None = None
@@ -349,7 +372,7 @@ class JobStore:
         `error` is kept as the job's last_error."""
         fields: list[str | bytes] = [] if error is None else ["last_error", orjson.dumps(error)]
         return bool(
-            self._release(keys=self._keys(job_id), args=[owner, epoch, _arg(job_id), *fields])
+            self._release(keys=self._lease_keys(job_id), args=[owner, epoch, _arg(job_id), *fields])
         )
 
     def complete(
@@ -382,10 +405,20 @@ class JobStore:
         changed, _ = self._finish_job(job_id, JobStatus.SUCCESS, epoch, fields)
         return changed
 
-    def fail(self, job_id: str, *, epoch: int | None, error: dict[str, Any]) -> bool:
-        """Mark the job FAILURE with `error`; epoch=None (reconcilers) also fails PENDING jobs."""
+    def fail(
+        self,
+        job_id: str,
+        *,
+        epoch: int | None,
+        error: dict[str, Any],
+        unless_leased: bool = False,
+    ) -> bool:
+        """Mark the job FAILURE with `error`; epoch=None (reconcilers) also fails PENDING jobs,
+        and STARTED ones: all of them, or with `unless_leased` only those whose lease ran out
+        (a dead-lettered copy must not end the job a live worker is running)."""
+        fence: int | str | None = "-" if epoch is None and unless_leased else epoch
         changed, _ = self._finish_job(
-            job_id, JobStatus.FAILURE, epoch, ["error", orjson.dumps(error)]
+            job_id, JobStatus.FAILURE, fence, ["error", orjson.dumps(error)]
         )
         return changed
 
@@ -394,22 +427,48 @@ class JobStore:
         _, status = self._finish_job(job_id, JobStatus.REVOKED, None, [])
         return status
 
-    def pending_before(self, seconds_ago: float) -> list[str]:
-        """Ids of jobs still waiting for a first claim that were queued over `seconds_ago`."""
+    def pending_before(self, seconds_ago: float, *, limit: int = 1000) -> list[str]:
+        """Ids of jobs still waiting for a first claim that were queued over `seconds_ago`
+        (or, once republished, whose republish was that long ago plus its backoff)."""
+        return self._due(self.pending_key, seconds_ago, limit)
+
+    def requeued(
+        self, job_id: str, *, backoff: float = 0.0, max_backoff: float = MAX_REPUBLISH_BACKOFF
+    ) -> int:
+        """Note that a waiting job's message was published again; how often that has happened,
+        0 (and nothing noted) if the job no longer waits for a first claim.
+
+        `pending_before(backoff)` offers the job again min(backoff * 2^n, max_backoff) seconds
+        after its n-th republish: a long queue gets a few duplicates, not one per pass.
+        """
+        reply = self._requeue(
+            keys=[self._key(job_id), self.pending_key],
+            args=[_arg(job_id), max(0.0, backoff), max_backoff],
+        )
+        return int(reply)
+
+    def lapsed_leases(self, seconds_ago: float = 0.0, *, limit: int = 1000) -> list[str]:
+        """Ids of claimed jobs whose lease ran out over `seconds_ago` and that nobody has
+        taken since (or, once republished, whose backoff has passed too)."""
+        return self._due(self.leases_key, seconds_ago, limit)
+
+    def lapsed_requeued(
+        self, job_id: str, *, backoff: float, max_backoff: float = MAX_REPUBLISH_BACKOFF
+    ) -> int:
+        """Note that the message of a job whose lease ran out was published again; how often
+        that has happened, 0 if the job is held again or done. `lapsed_leases()` offers it
+        again min(backoff * 2^(n-1), max_backoff) seconds after the n-th time."""
+        reply = self._requeue_lapsed(
+            keys=[self._key(job_id), self.leases_key],
+            args=[_arg(job_id), max(0.0, backoff), max_backoff],
+        )
+        return int(reply)
+
+    def _due(self, index: str, seconds_ago: float, limit: int) -> list[str]:
         now_seconds, now_micros = self.connection.time()
         cutoff = now_seconds + now_micros / 1e6 - seconds_ago
-        return [
-            _text(job_id)
-            for job_id in self.connection.zrangebyscore(self.pending_key, "-inf", cutoff)
-        ]
-
-    def requeued(self, job_id: str) -> int:
-        """Note that a job's message was published again; how often that has happened."""
-        pipe = self.connection.pipeline()
-        pipe.hincrby(self._key(job_id), "republished", 1)
-        pipe.zadd(self.pending_key, {_arg(job_id): float(time.time())})
-        count, _ = pipe.execute()
-        return int(count)
+        found = self.connection.zrangebyscore(index, "-inf", cutoff, start=0, num=limit)
+        return [_text(job_id) for job_id in found]
 
     def eviction_policy(self) -> str | None:
         """The server's maxmemory-policy, or None where CONFIG is not allowed (Memorystore)."""
@@ -424,7 +483,7 @@ class JobStore:
         self,
         job_id: str,
         status: JobStatus,
-        epoch: int | None,
+        epoch: int | str | None,
         fields: list[str | bytes],
     ) -> tuple[bool, JobStatus | None]:
         args = [
@@ -434,7 +493,7 @@ class JobStore:
             _arg(job_id),
             *fields,
         ]
-        reply = self._finish(keys=self._keys(job_id), args=args)
+        reply = self._finish(keys=self._lease_keys(job_id), args=args)
         if reply is None:
             return False, None
         return bool(reply[0]), JobStatus(_text(reply[1]))
@@ -442,6 +501,10 @@ class JobStore:
     def _keys(self, job_id: str) -> list[bytes | str]:
         """KEYS for every script: the job, the pending index, the expiry tombstone."""
         return [self._key(job_id), self.pending_key, self._tombstone(job_id)]
+
+    def _lease_keys(self, job_id: str) -> list[bytes | str]:
+        """KEYS for the scripts that take, renew or end a claim: `_keys` and the lease index."""
+        return [*self._keys(job_id), self.leases_key]
 
     def _tombstone(self, job_id: str) -> bytes:
         return _arg(f"{self.prefix}expired:{job_id}")

@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -141,13 +141,14 @@ class Service:
     cwd: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
+    env_overrides: dict[str, str] = field(default_factory=dict)  # this service's own settings
 
     def start(self, env: Mapping[str, str], log_dir: Path) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         with (log_dir / f"{self.name}.log").open("ab") as log:
             self.process = subprocess.Popen(
                 self.argv,
-                env=dict(env),
+                env={**env, **self.env_overrides},
                 cwd=self.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -266,7 +267,17 @@ class Stack:
             "redis": self.redis_url,
             "pubsub": f"127.0.0.1:{self.settings.pubsub_port}",
             "gcs": f"http://127.0.0.1:{self.settings.gcs_port}",
+            **{
+                service.name: self.worker_metrics_url(service.name)
+                for service in self.services
+                if "NIMBUS_WORKER_METRICS_PORT" in service.env_overrides
+            },
         }
+
+    def worker_metrics_url(self, name: str) -> str:
+        """Where a worker (`worker-1`, ...) serves its Prometheus metrics."""
+        port = self.service(name).env_overrides["NIMBUS_WORKER_METRICS_PORT"]
+        return f"http://127.0.0.1:{port}/metrics"
 
     # -- life ----------------------------------------------------------------------------
 
@@ -338,6 +349,8 @@ class Stack:
                     [sys.executable, "-m", "vm_worker"],
                     ready=lambda: True,
                     restart=True,
+                    # Several workers on one machine: each serves /metrics on a port of its own.
+                    env_overrides={"NIMBUS_WORKER_METRICS_PORT": str(free_port())},
                 ),
                 env,
                 wait=False,

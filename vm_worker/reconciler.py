@@ -1,16 +1,25 @@
 """Jobs whose message went missing, and jobs Pub/Sub gave up on.
 
-`reconcile` republishes jobs that stayed PENDING past a threshold (the publish after the Redis
-write was lost: a crash between the two, a timeout that hid a failure) and fails them after a
-few tries. `record_dead_letter` turns a dead-lettered message into FAILURE with the reason.
+`reconcile` publishes again the message of two kinds of job: one PENDING past a threshold (the
+publish after the Redis write was lost, a crash between the two, or merely a long queue), and
+one whose worker's lease ran out (the worker died or stalled, and its message may be gone: a
+copy that met the live lease was acked). A duplicate message is harmless, the claim decides,
+so the reconciler never gives up on a job while Pub/Sub could still deliver it: it republishes
+with a growing interval, and fails a job only once it waited longer than the subscription
+keeps messages. `record_dead_letter` turns a dead-lettered message into FAILURE with the
+reason, unless a live worker holds the job.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
+from nimbus.bus import RETAIN_ACKED_SECONDS
 from nimbus.errors import ServiceUnavailable
+from nimbus.jobs import JobStatus
+from vm_worker.events import JobLog
 
 if TYPE_CHECKING:
     from nimbus.bus import JobBus
@@ -18,63 +27,126 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MAX_REPUBLISH = 3
 
+def reconcile(
+    store: JobStore,
+    bus: JobBus,
+    *,
+    older_than: float,
+    give_up_after: float = RETAIN_ACKED_SECONDS,
+) -> tuple[int, int]:
+    """Republish jobs PENDING for over `older_than` s and jobs whose lease ran out; fail those
+    PENDING longer than `give_up_after` (the subscription's message retention).
 
-def reconcile(store: JobStore, bus: JobBus, *, older_than: float) -> tuple[int, int]:
-    """Republish (or, after MAX_REPUBLISH tries, fail) jobs PENDING for over `older_than` s.
-
-    Returns (republished, failed). A duplicate message is harmless: the claim decides.
+    Returns (republished, failed): only publishes Pub/Sub accepted count. A pass stops at the
+    first publish that fails (Pub/Sub is down: the next pass tries again).
     """
     republished = failed = 0
     for job_id in store.pending_before(older_than):
-        tries = store.requeued(job_id)
-        if tries > MAX_REPUBLISH:
+        job = store.fetch(job_id, with_result=False)
+        if job is None or job.status is not JobStatus.PENDING:
+            store.requeued(job_id)  # claimed or gone meanwhile: this takes it out of the index
+            continue
+        if time.time() - job.created_at > give_up_after:
             if store.fail(
                 job_id,
                 epoch=None,
+                unless_leased=True,
                 error={
                     "code": "queue_lost",
-                    "message": f"No worker took the job after {MAX_REPUBLISH} republishes; "
+                    "message": f"No worker took the job in {give_up_after / 3600:g} hours; "
                     "submit it again.",
                 },
             ):
                 failed += 1
-                logger.error("! job %s failed: queue lost", job_id, extra={"job_id": job_id})
+                JobLog(job_id, logger=logger).event(
+                    logging.ERROR, "failed", "! job %s failed: queue lost", job_id
+                )
             continue
-        try:
-            bus.publish_job(job_id, reconciled=str(tries))
-        except ServiceUnavailable as error:
-            logger.warning("job %s not republished: %s", job_id, error.message)
-            continue
-        republished += 1
-        logger.warning(
-            "↻ job %s pending too long; republished (%d)", job_id, tries, extra={"job_id": job_id}
-        )
+        if not _publish(bus, job_id, "pending"):
+            return republished, failed
+        # The next republish of this job waits twice as long as this one did.
+        tries = store.requeued(job_id, backoff=older_than)
+        if tries:
+            republished += 1
+            JobLog(job_id, logger=logger).event(
+                logging.WARNING,
+                "republished",
+                "↻ job %s pending for long; published again (%d)",
+                job_id,
+                tries,
+            )
+    for job_id in store.lapsed_leases():
+        if not _publish(bus, job_id, "lease_lapsed"):
+            return republished, failed
+        tries = store.lapsed_requeued(job_id, backoff=older_than)
+        if tries:
+            republished += 1
+            JobLog(job_id, logger=logger).event(
+                logging.WARNING,
+                "republished",
+                "↻ job %s lease ran out; published again (%d)",
+                job_id,
+                tries,
+            )
     return republished, failed
 
 
-def record_dead_letter(store: JobStore, job_id: str, *, delivery_attempts: int | None) -> bool:
-    """FAILURE for a job Pub/Sub dead-lettered, with its last attempt's error; True if changed."""
+def _publish(bus: JobBus, job_id: str, reason: str) -> bool:
+    try:
+        bus.publish_job(job_id, reconciled=reason)
+    except ServiceUnavailable as error:
+        logger.warning("job %s not republished: %s", job_id, error.message)
+        return False
+    return True
+
+
+def record_dead_letter(
+    store: JobStore,
+    job_id: str,
+    *,
+    delivery_attempts: int | None,
+    live_workers: set[str] | None = None,
+    log: JobLog | None = None,
+) -> bool:
+    """FAILURE for a job Pub/Sub dead-lettered, with its last attempt's error; True if changed.
+
+    A job a worker holds under a live lease is left alone (its outcome is that worker's, or the
+    reconciler's once the lease runs out), as is one STARTED by a worker in `live_workers`.
+    """
     job = store.fetch(job_id, with_result=False)
     if job is None:
         logger.error("dead-lettered job %s is unknown", job_id, extra={"job_id": job_id})
+        return False
+    if job.status is JobStatus.STARTED and job.owner in (live_workers or set()):
+        logger.warning(
+            "dead-lettered job %s left to its live worker %s",
+            job_id,
+            job.owner,
+            extra={"job_id": job_id},
+        )
         return False
     last = (job.last_error or {}).get("message", "no error was recorded")
     attempts = delivery_attempts or job.attempts
     changed = store.fail(
         job_id,
         epoch=None,
+        unless_leased=True,
         error={
             "code": "dead_lettered",
             "message": f"Processing failed {attempts} times; the last error: {last}",
         },
     )
     if changed:
-        logger.error(
+        (log or JobLog(job_id, logger=logger)).event(
+            logging.ERROR,
+            "dead_lettered",
             "! job %s failed: dead-lettered after %s attempts",
             job_id,
             attempts,
-            extra={"job_id": job_id},
+        )
+    elif not job.is_terminal:
+        logger.warning(
+            "dead-lettered job %s left alone: a worker holds it", job_id, extra={"job_id": job_id}
         )
     return changed

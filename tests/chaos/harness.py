@@ -108,9 +108,8 @@ class Chaos:
         emulators = self.stack.service("emulators")
         if not emulators.is_running:
             self.stack.restart("emulators")
+            # The workers re-create what they pull from themselves; batch_submit does not.
             self.ensure_topology()
-            # A worker whose subscription vanished has ended its pull: start it afresh.
-            self.stop_workers()
         if self.worker_overrides:
             self.restart_workers()
         for service in self.stack.services:

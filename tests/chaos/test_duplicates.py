@@ -25,8 +25,9 @@ def test_every_job_published_twice_runs_once(chaos: Chaos):
 def test_a_duplicate_of_a_long_job_does_not_fail_it(chaos: Chaos):
     """The copy meets a live lease on every delivery while the job runs; running out of
     delivery attempts on it must not end the job the other delivery is running."""
-    chaos.restart_workers(chunk_rows=1)  # a lease renewal per item: ~10 s of work
-    items = job_items(0, 22_500)
+    # Seconds of work in chunks of 10, longer than the copy's five deliveries take to run
+    # out (the stack's retry backoff: 0.25 + 0.5 + 1 + 1 s).
+    items = job_items(0, 45_000)
     job_id = chaos.submit(items).json()["job_id"]
     chaos.publish([job_id], duplicate="1")
 
@@ -34,4 +35,4 @@ def test_a_duplicate_of_a_long_job_does_not_fail_it(chaos: Chaos):
 
     assert done["status"] == "SUCCESS", done
     assert done["attempts"] == 1
-    assert chaos.full_result(job_id)["result"] == chaos.predictions(items[:150]) * 150
+    assert chaos.full_result(job_id)["result"] == chaos.predictions(items[:150]) * 300

@@ -13,7 +13,9 @@ from tests.chaos.harness import Chaos, job_items, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-OUTAGE_SECONDS = 2.0
+# Longer than the stack's retry backoffs add up to (0.25 + 0.5 + 1 + 1 s): a worker that
+# nacked its jobs through the outage would have them dead-lettered before Redis is back.
+OUTAGE_SECONDS = 5.0
 
 
 def test_redis_killed_mid_run_loses_no_accepted_job(chaos: Chaos):
@@ -61,3 +63,21 @@ def test_a_submit_while_pubsub_is_down_is_503_and_leaves_no_orphan(chaos: Chaos)
     if named:
         assert chaos.status(named.group())["status"] != "PENDING"
     assert chaos.pending_jobs() == [], "a job is left PENDING that no worker will ever see"
+
+
+def test_workers_recreate_their_subscriptions_after_an_emulator_restart(chaos: Chaos):
+    """The emulator keeps topics and subscriptions in memory: a restart loses them. The
+    workers' pulls end; each worker re-creates the topology and pulls again, without a
+    restart of its own."""
+    pids = {worker.name: worker.process.pid for worker in chaos.workers if worker.process}
+    chaos.stack.restart("emulators")  # and nobody else re-creates the topology
+
+    def accepted() -> str | None:
+        response = chaos.submit(job_items(0, 3))
+        return response.json()["job_id"] if response.status_code == 202 else None
+
+    job_id = wait_until(accepted, timeout=90, what="a submit accepted again", every=1.0)
+
+    assert chaos.wait_for(job_id, timeout=90)["status"] == "SUCCESS"
+    assert {w.name: w.process.pid for w in chaos.workers if w.process} == pids
+    assert all(worker.is_running for worker in chaos.workers)

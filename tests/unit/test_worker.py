@@ -10,7 +10,8 @@ import pytest
 from nimbus.errors import ModelUnavailable
 from nimbus.jobs import JobStatus, JobStore
 from nimbus.schema import Column, InputSchema
-from vm_worker.worker import Outcome, handle_job
+from vm_worker.events import JobLog, WorkerMetrics
+from vm_worker.handler import Outcome, handle_job
 
 SCHEMA = InputSchema((Column("x", "double"), Column("y", "double")))
 
@@ -79,15 +80,20 @@ def test_a_finished_job_delivered_again_is_not_run_again(job_store: JobStore):
     assert model.calls == [1]
 
 
-def test_a_job_another_worker_holds_is_left_for_redelivery(job_store: JobStore):
+def test_a_duplicate_of_a_job_another_worker_holds_is_acked(job_store: JobStore):
+    """Nacking it would spend the delivery attempts of a job that runs fine elsewhere."""
     job = job_store.create([{"x": 1, "y": 2}])
     job_store.claim(job.id, owner="other", lease_seconds=30)
     model = SumModel()
 
     outcome = run(job.id, job_store, Registry(model))
 
-    assert outcome is Outcome.RETRY
+    assert outcome is Outcome.SKIPPED
     assert model.calls == []
+    held = job_store.fetch(job.id)
+    assert held is not None and held.status is JobStatus.STARTED and held.owner == "other"
+    # Its lease is indexed: should "other" die, the reconciler publishes the job again.
+    assert job_store.connection.zscore(job_store.leases_key, job.id) is not None
 
 
 def test_registry_down_takes_no_claim(job_store: JobStore):
@@ -188,3 +194,94 @@ def test_a_replay_reruns_only_for_another_model_version(job_store: JobStore):
 @pytest.mark.parametrize("job_id", ["8d3c0a52-5b8c-4c35-9d1c-2a1b0f3e4d5c", "junk"])
 def test_unknown_jobs_are_skipped(job_store: JobStore, job_id: str):
     assert run(job_id, job_store, Registry(SumModel())) is Outcome.SKIPPED
+
+
+def sample(metrics: WorkerMetrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_metrics_count_jobs_items_duration_and_queue_time(job_store: JobStore):
+    metrics = WorkerMetrics()
+    done = job_store.create([{"x": 1, "y": 2}, {"x": 13, "y": 0}, {"x": 3, "y": 4}])
+    rejected = job_store.create([{"x": 13, "y": 1}])
+
+    for job in (done, rejected):
+        handle_job(
+            job.id, job_store, Registry(SumModel()), owner="w", lease_seconds=30, metrics=metrics
+        )
+
+    assert sample(metrics, "nimbus_worker_jobs_total", state="SUCCESS") == 1
+    assert sample(metrics, "nimbus_worker_jobs_total", state="FAILURE") == 1
+    assert sample(metrics, "nimbus_worker_items_predicted_total") == 2
+    assert sample(metrics, "nimbus_worker_items_rejected_total") == 2
+    assert sample(metrics, "nimbus_worker_job_duration_seconds_count") == 2
+    assert sample(metrics, "nimbus_worker_queue_lag_seconds_count") == 2
+    assert 0 < sample(metrics, "nimbus_worker_queue_lag_seconds_sum") < 60
+
+
+def test_a_revoked_job_counts_as_revoked(job_store: JobStore):
+    metrics = WorkerMetrics()
+    job = job_store.create([{"x": 1, "y": 0}] * 20)
+
+    class RevokingModel(SumModel):
+        def predict(self, matrix: np.ndarray) -> list[float]:
+            job_store.cancel(job.id)
+            return super().predict(matrix)
+
+    handle_job(
+        job.id,
+        job_store,
+        Registry(RevokingModel()),
+        owner="w",
+        lease_seconds=30,
+        chunk_rows=10,
+        metrics=metrics,
+    )
+
+    assert sample(metrics, "nimbus_worker_jobs_total", state="REVOKED") == 1
+
+
+def test_the_model_gauge_shows_only_the_version_served():
+    metrics = WorkerMetrics()
+    metrics.serving("iris", "1")
+    metrics.serving("iris", "2")
+
+    assert (
+        metrics.registry.get_sample_value(
+            "nimbus_worker_model_info", {"name": "iris", "version": "2"}
+        )
+        == 1
+    )
+    assert (
+        metrics.registry.get_sample_value(
+            "nimbus_worker_model_info", {"name": "iris", "version": "1"}
+        )
+        is None
+    )
+
+
+def test_job_lines_carry_the_event_and_the_trace_of_the_message(
+    job_store: JobStore, caplog: pytest.LogCaptureFixture
+):
+    job = job_store.create([{"x": 1, "y": 2}])
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    log = JobLog.for_message(
+        job.id, {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}, "my-project"
+    )
+
+    with caplog.at_level("INFO", logger="vm_worker"):
+        handle_job(job.id, job_store, Registry(SumModel()), owner="w", lease_seconds=30, log=log)
+
+    events = {record.event: record for record in caplog.records if hasattr(record, "event")}
+    assert set(events) == {"claimed", "succeeded"}
+    for record in events.values():
+        assert record.job_id == job.id
+        trace = record.__dict__["logging.googleapis.com/trace"]
+        assert trace == f"projects/my-project/traces/{trace_id}"
+
+
+def test_job_lines_without_a_trace_have_no_trace_field():
+    assert JobLog.for_message("j", {}, "my-project").fields("claimed") == {
+        "job_id": "j",
+        "event": "claimed",
+    }
