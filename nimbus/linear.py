@@ -105,10 +105,8 @@ class LinearPredictor:
         scores = self.decision_function(matrix)
         if self.kind == REGRESSOR:
             return scores
-        if scores.ndim == 1:
-            indices = (scores > 0).astype(np.intp)
-        else:
-            indices = scores.argmax(axis=1)
+        # Two classes: one score, positive for classes_[1]; more: the highest score.
+        indices = (scores > 0).astype(np.intp) if scores.ndim == 1 else scores.argmax(axis=1)
         return self.classes_.take(indices, axis=0)
 
     def predict_proba(self, matrix: np.ndarray) -> np.ndarray:
@@ -129,14 +127,19 @@ class LinearPredictor:
 
     def save(self, path: Path) -> None:
         """The coefficients as an uncompressed .npz file (no pickled objects)."""
-        arrays = {"coef": self.coef_, "intercept": self.intercept_}
-        if self.kind == CLASSIFIER:
-            arrays["classes"] = self.classes_
+        classes = self.classes_ if self.kind == CLASSIFIER else np.array([])
         with path.open("wb") as out:
-            np.savez(out, kind=np.array(self.kind), **arrays)
+            np.savez(
+                out,
+                kind=np.array(self.kind),
+                coef=self.coef_,
+                intercept=self.intercept_,
+                classes=classes,
+            )
 
     @classmethod
     def load(cls, path: Path) -> LinearPredictor:
         with np.load(path, allow_pickle=False) as saved:
-            classes = saved["classes"] if "classes" in saved.files else None
-            return cls(str(saved["kind"]), saved["coef"], saved["intercept"], classes)
+            kind = str(saved["kind"])
+            classes = saved["classes"] if kind == CLASSIFIER else None
+            return cls(kind, saved["coef"], saved["intercept"], classes)

@@ -74,7 +74,7 @@ def read_items(
     """The items of a .jsonl or .csv object, `chunk_rows` at a time, streamed."""
     bucket, name = split_gs_uri(input_uri, "input_uri")
     with client.bucket(bucket).blob(name).open("rb") as reader:
-        raw = io.BufferedReader(reader, READ_BUFFER_BYTES)  # type: ignore[arg-type]
+        raw = io.BufferedReader(reader, READ_BUFFER_BYTES)
         lines = _csv_items(raw) if name.endswith(".csv") else _jsonl_items(raw)
         chunk: list[dict[str, Any] | UnreadableItem] = []
         for item in lines:
