@@ -79,4 +79,7 @@ class Clients:
             self.settings.model_uri,
             cache_dir=self.settings.cache_path(),
             refresh_seconds=self.settings.model_refresh_seconds,
+            # MLflow, skops and scikit-learn stay out of a serving process: a child loads a
+            # version through them and leaves its fast form in the cache.
+            serving=True,
         )

@@ -30,6 +30,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -235,11 +237,15 @@ class ModelRegistry:
         cache_dir: Path | None = None,
         refresh_seconds: float = DEFAULT_REFRESH_SECONDS,
         retry_failed_after: float = RETRY_FAILED_AFTER_SECONDS,
+        serving: bool = False,
     ) -> None:
         # model_watch imports this module for its types; importing it here avoids a cycle.
         from nimbus.model_watch import ModelWatch
 
         self.client = client
+        # A service's registry: it loads through MLflow in a child process (see
+        # `_prepare_in_child`), and freezes the heap after its first load (nimbus.model_watch).
+        self.serving = serving
         self.model_uri = model_uri
         self.name, self.alias, self.version = parse_model_uri(model_uri)
         if cache_dir is None:
@@ -278,6 +284,8 @@ class ModelRegistry:
         `nimbus.linear` predicts identically.
         """
         started = time.monotonic()
+        if self.serving and "mlflow" not in sys.modules:
+            self._prepare_in_child(ref)
         try:
             model_dir, downloaded = self._local_copy(ref)
             fast = self._load_fast_form(ref, model_dir)
@@ -303,6 +311,40 @@ class ModelRegistry:
             ref.name, ref.version, source, time.monotonic() - started,
         )  # fmt: skip
         return model
+
+    def _prepare_in_child(self, ref: ModelRef) -> None:
+        """Download the version and write its fast form in a child process, when the cache
+        has no fast form of it yet.
+
+        Loading through MLflow imports MLflow, skops and scikit-learn, which stay in memory
+        for the life of the process (about 200 MiB, and every garbage collection walks their
+        objects), all to end up with a few numbers when the model is linear. A serving
+        process (`serving=True`) has a child do that work; it then loads the fast form
+        itself. Best effort: when the child fails or the model has no fast form, the load
+        goes on in this process, which reports any error as it would have.
+        """
+        folder = self._cached_folder(ref)
+        if folder is not None and self._fast_manifest(folder) is not None:
+            return
+        started = time.monotonic()
+        argv = [sys.executable, "-c", _PREPARE_CHILD, self.client.tracking_uri, ref.name,
+                ref.version, str(self.cache_dir)]  # fmt: skip
+        try:
+            done = subprocess.run(argv, capture_output=True, timeout=600, check=False)
+        except (OSError, subprocess.SubprocessError) as error:
+            logger.warning("preparing version %s in a child failed: %s", ref.version, error)
+            return
+        if done.returncode != 0:
+            tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["-"]
+            logger.warning(
+                "preparing %s version %s in a child failed (exit %s): %s; loading it here",
+                ref.name, ref.version, done.returncode, tail[0][:300],
+            )  # fmt: skip
+            return
+        logger.info(
+            "prepared %s version %s in a child process in %.2fs",
+            ref.name, ref.version, time.monotonic() - started,
+        )  # fmt: skip
 
     def _load_with_mlflow(self, ref: ModelRef, folder: Path) -> tuple[Any, InputSchema, bool]:
         import mlflow.sklearn
@@ -509,3 +551,20 @@ class ModelRegistry:
             f"The model {self.name!r} is unavailable: cannot {action} (the model registry or "
             "its artifact store could not be reached or returned an error). Retry later."
         )
+
+
+# The child of `ModelRegistry._prepare_in_child`: download and load one version through
+# MLflow, which writes its fast form into the cache. argv: tracking URI, name, version, cache.
+_PREPARE_CHILD = """
+import sys
+from pathlib import Path
+from nimbus.registry import ModelRef, ModelRegistry, RestRegistryClient
+uri, name, version, cache = sys.argv[1:5]
+if uri.startswith(("http://", "https://")):
+    client = RestRegistryClient(uri)
+else:
+    from mlflow import MlflowClient
+    client = MlflowClient(tracking_uri=uri)
+registry = ModelRegistry(client, f"models:/{name}/{version}", cache_dir=Path(cache))
+registry.load(ModelRef(name, version))
+"""
