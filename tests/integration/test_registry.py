@@ -209,7 +209,10 @@ import json, sys
 import numpy as np
 from nimbus.registry import ModelRegistry, RestRegistryClient
 from pathlib import Path
-registry = ModelRegistry(RestRegistryClient(sys.argv[1]), sys.argv[2], cache_dir=Path(sys.argv[3]))
+registry = ModelRegistry(
+    RestRegistryClient(sys.argv[1]), sys.argv[2], cache_dir=Path(sys.argv[3]),
+    serving=sys.argv[5] == "serving",
+)
 model = registry.production()
 rows = json.loads(sys.argv[4])
 matrix = model.schema.rows_to_matrix(rows)
@@ -225,11 +228,13 @@ print(json.dumps(answer))
 """
 
 
-def _fresh_process(tracking_uri: str, model_uri: str, cache: Path, rows: object) -> dict:
+def _fresh_process(
+    tracking_uri: str, model_uri: str, cache: Path, rows: object, *, serving: bool = False
+) -> dict:
     """Load and predict in a new interpreter, as a restarted function would; its answer."""
     done = subprocess.run(
         [sys.executable, "-c", _FRESH_PROCESS, tracking_uri, model_uri, str(cache),
-         json.dumps(rows)],
+         json.dumps(rows), "serving" if serving else "-"],
         capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -305,3 +310,18 @@ def test_a_damaged_fast_form_is_ignored_and_written_again(
     assert model.predict(model.schema.rows_to_matrix(IRIS_ROWS)) == [0, 2]
     manifest = json.loads((arrays.parent / FAST_MANIFEST_FILE).read_text())
     assert manifest["sha256"] == hashlib.sha256(arrays.read_bytes()).hexdigest()
+
+
+def test_a_serving_registry_loads_through_mlflow_in_a_child_only(
+    mlflow_server: MlflowServer, iris_version: str, tmp_path: Path
+):
+    cache = tmp_path / "cache"  # empty: the version must be downloaded and loaded first
+
+    fresh = _fresh_process(
+        mlflow_server.tracking_uri, "models:/iris@production", cache, IRIS_ROWS, serving=True
+    )
+
+    assert fresh["version"] == iris_version
+    assert fresh["predictions"] == [0, 2]
+    assert fresh["imported"] == []  # the child imported MLflow and scikit-learn, not the process
+    assert (cache / "iris" / iris_version / FAST_MANIFEST_FILE).is_file()
