@@ -11,7 +11,7 @@ import csv
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import orjson
 
@@ -74,16 +74,23 @@ def read_items(
     """The items of a .jsonl or .csv object, `chunk_rows` at a time, streamed."""
     bucket, name = split_gs_uri(input_uri, "input_uri")
     with client.bucket(bucket).blob(name).open("rb") as reader:
-        raw = io.BufferedReader(reader, READ_BUFFER_BYTES)
-        lines = _csv_items(raw) if name.endswith(".csv") else _jsonl_items(raw)
         chunk: list[dict[str, Any] | UnreadableItem] = []
-        for item in lines:
+        for item in parse_items(reader, is_csv=name.endswith(".csv")):
             chunk.append(item)
             if len(chunk) == chunk_rows:
                 yield chunk
                 chunk = []
         if chunk:
             yield chunk
+
+
+def parse_items(
+    reader: io.BufferedIOBase | BinaryIO, *, is_csv: bool
+) -> Iterator[dict[str, Any] | UnreadableItem]:
+    """The items of a JSON-lines or CSV stream (a BlobReader), read through a large buffer."""
+    # BufferedReader only needs readinto(), which a BufferedIOBase has.
+    raw = io.BufferedReader(cast(io.RawIOBase, reader), READ_BUFFER_BYTES)
+    return _csv_items(raw) if is_csv else _jsonl_items(raw)
 
 
 def open_result_writer(client: storage.Client, uri: str) -> BinaryIO:
