@@ -63,14 +63,23 @@ class Clients:
 
     @cached_property
     def model_registry(self) -> ModelRegistry:
-        from mlflow import MlflowClient
+        from nimbus.registry import ModelRegistry, RegistryClient, RestRegistryClient
 
-        from nimbus.registry import ModelRegistry
+        # An MLflow server is asked over plain HTTP: importing MLflow would add seconds to
+        # every cold start for one small GET per check. Anything else needs MLflow's client.
+        client: RegistryClient
+        if self.settings.tracking_uri.startswith(("http://", "https://")):
+            client = RestRegistryClient(self.settings.tracking_uri)
+        else:
+            from mlflow import MlflowClient
 
-        client = MlflowClient(tracking_uri=self.settings.tracking_uri)
+            client = MlflowClient(tracking_uri=self.settings.tracking_uri)
         return ModelRegistry(
             client,
             self.settings.model_uri,
             cache_dir=self.settings.cache_path(),
             refresh_seconds=self.settings.model_refresh_seconds,
+            # MLflow, skops and scikit-learn stay out of a serving process: a child loads a
+            # version through them and leaves its fast form in the cache.
+            serving=True,
         )

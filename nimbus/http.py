@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -23,15 +24,16 @@ logger = logging.getLogger(__name__)
 
 HEALTH_BODY = {"status": "NimbusAPI is running."}
 
-# Redis' connection errors are the ones a caller can do something about (retry later), so they
-# become 503s; importing redis lazily would save nothing since every function uses it anyway.
-try:
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    _UNAVAILABLE: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
-except ImportError:  # pragma: no cover - redis is a dependency of every function
-    _UNAVAILABLE = ()
+def _unavailable() -> tuple[type[BaseException], ...]:
+    """Redis' connection errors, the ones a caller can do something about (retry later), so
+    they become 503s. Looked up when an error is handled, not imported: predict never uses
+    Redis, and importing it costs a cold start most of a second. An error of a module that was
+    never imported cannot be raised."""
+    module = sys.modules.get("redis.exceptions")
+    if module is None:
+        return ()
+    return (module.ConnectionError, module.TimeoutError)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -98,7 +100,7 @@ def answers_errors(view: Callable[..., Response]) -> Callable[..., Response]:
             if error.status >= 500:
                 logger.warning("%s: %s", error.code, error.message)
             return error_response(error)
-        except _UNAVAILABLE as exc:
+        except _unavailable() as exc:
             logger.warning("redis unavailable: %s", exc)
             return error_response(
                 ServiceUnavailable(

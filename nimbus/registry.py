@@ -5,9 +5,18 @@ that version's artifacts from the artifact store (GCS) once into `cache_dir/<nam
 and loads the scikit-learn estimator with `mlflow.sklearn.load_model`. A process whose cache
 already holds the version loads it without touching the registry's artifact store.
 
-Artifacts are read from the version's storage location (`gs://...`) directly, as the tracking
-server runs with `--no-serve-artifacts`; the client passed in is the only registry connection,
-so nothing here depends on MLflow's global tracking URI.
+The fast form: after loading a linear model (nimbus.linear) through MLflow, its coefficients
+go into the cache folder beside the MLflow files (`nimbus-linear.npz`) with a manifest
+(`nimbus-fast.json`: their SHA-256, the MLmodel file's SHA-256, the input schema, the kind). A
+later load of that version reads those two files with numpy and verifies the hash: a restart
+imports neither MLflow, nor skops, nor scikit-learn, and is served from the same numbers.
+A missing or damaged fast form only means a load through MLflow, which writes it again.
+
+The client is `RestRegistryClient` in the services (two GETs of MLflow's REST API, no MLflow
+import) or an `mlflow.MlflowClient`. Artifacts are read from the version's storage location
+(`gs://...`) directly, as the tracking server runs with `--no-serve-artifacts`; the client
+passed in is the only registry connection, so nothing here depends on MLflow's global
+tracking URI.
 
 `production()` follows the alias: a background watcher (`nimbus.model_watch`) swaps in the
 version it names within `refresh_seconds` plus a load, without a restart or a failed request.
@@ -16,36 +25,134 @@ Methods here raise without logging; the watcher logs a failure once, not on ever
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
+from typing import Any, Protocol
+from urllib.parse import quote, urlencode
 
-import mlflow
 import numpy as np
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
-from mlflow.models import Model
-from sklearn.base import is_classifier
 
 from nimbus.errors import BadRequest, ConfigError, ModelUnavailable
+from nimbus.linear import LinearPredictor
 from nimbus.schema import InputSchema
+
+# MLflow, scikit-learn and skops take seconds each to import. They are imported where they are
+# needed (downloading a version, loading one the fast form does not cover), so a process whose
+# cache holds the version's fast form serves its first prediction without importing any.
 
 logger = logging.getLogger(__name__)
 
 MLMODEL_FILE = "MLmodel"
+# The fast form of a cached version, written beside its MLflow files after the first load
+# (nimbus.linear): the coefficients, and a manifest with their hash, the schema and the kind.
+FAST_ARRAYS_FILE = "nimbus-linear.npz"
+FAST_MANIFEST_FILE = "nimbus-fast.json"
+FAST_FORMAT = 1
 DEFAULT_REFRESH_SECONDS = 2.0
 RETRY_FAILED_AFTER_SECONDS = 30.0
 
 
 class RegistryUnreachable(ModelUnavailable):
     """The registry did not answer an alias lookup, or answered with an error."""
+
+
+class RegistryClient(Protocol):
+    """What ModelRegistry asks of the registry: `mlflow.MlflowClient`, or `RestRegistryClient`
+    (the same calls over MLflow's REST API, without importing MLflow)."""
+
+    @property
+    def tracking_uri(self) -> str: ...
+
+    def get_model_version_by_alias(self, name: str, alias: str) -> Any: ...
+
+    def get_model_version_download_uri(self, name: str, version: str) -> str: ...
+
+
+class RegistryError(Exception):
+    """An error answer of MLflow's REST API; `error_code` as MlflowException names it."""
+
+    def __init__(self, message: str, error_code: str = "INTERNAL_ERROR") -> None:
+        super().__init__(message)
+        self.error_code = error_code
+
+
+@dataclass(frozen=True)
+class _Version:
+    version: str
+
+
+class RestRegistryClient:
+    """The two registry calls serving needs, as plain HTTP GETs to MLflow's REST API.
+
+    `mlflow.MlflowClient` costs seconds of imports at a cold start for what is one small GET
+    (GetModelVersionByAlias) per check. A refused connection fails at once, with no retries:
+    the watcher checks again at its next interval anyway. `timeout` defaults to
+    MLFLOW_HTTP_REQUEST_TIMEOUT (as the MLflow client reads it), else 10 s.
+    """
+
+    def __init__(self, tracking_uri: str, *, timeout: float | None = None) -> None:
+        if not tracking_uri.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"The tracking URI must be an http(s):// MLflow server, got {tracking_uri!r}."
+            )
+        self.tracking_uri = tracking_uri.rstrip("/")
+        if timeout is None:
+            timeout = float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or 10)
+        self.timeout = timeout
+
+    def get_model_version_by_alias(self, name: str, alias: str) -> _Version:
+        body = self._get("registered-models/alias", name=name, alias=alias)
+        return _Version(str(body["model_version"]["version"]))
+
+    def get_model_version_download_uri(self, name: str, version: str) -> str:
+        return str(
+            self._get("model-versions/get-download-uri", name=name, version=version)["artifact_uri"]
+        )
+
+    def _get(self, endpoint: str, **params: str) -> dict[str, Any]:
+        url = f"{self.tracking_uri}/api/2.0/mlflow/{endpoint}?{urlencode(params)}"
+        request = urllib.request.Request(url, headers=_auth_headers())
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return dict(json.loads(response.read()))
+        except urllib.error.HTTPError as error:
+            try:
+                answer = json.loads(error.read())
+            except ValueError:
+                answer = {}
+            raise RegistryError(
+                f"{error.code} from {endpoint}: {answer.get('message', error.reason)}",
+                str(answer.get("error_code", "INTERNAL_ERROR")),
+            ) from None
+
+
+def _auth_headers() -> dict[str, str]:
+    """The credentials the MLflow client would send, from the same variables."""
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    user, password = (
+        os.environ.get("MLFLOW_TRACKING_USERNAME"),
+        os.environ.get("MLFLOW_TRACKING_PASSWORD"),
+    )
+    if user and password:
+        import base64
+
+        encoded = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {encoded}"}
+    return {}
 
 
 @dataclass(frozen=True)
@@ -124,17 +231,21 @@ class ModelRegistry:
 
     def __init__(
         self,
-        client: MlflowClient,
+        client: RegistryClient,
         model_uri: str,
         *,
         cache_dir: Path | None = None,
         refresh_seconds: float = DEFAULT_REFRESH_SECONDS,
         retry_failed_after: float = RETRY_FAILED_AFTER_SECONDS,
+        serving: bool = False,
     ) -> None:
         # model_watch imports this module for its types; importing it here avoids a cycle.
         from nimbus.model_watch import ModelWatch
 
         self.client = client
+        # A service's registry: it loads through MLflow in a child process (see
+        # `_prepare_in_child`), and freezes the heap after its first load (nimbus.model_watch).
+        self.serving = serving
         self.model_uri = model_uri
         self.name, self.alias, self.version = parse_model_uri(model_uri)
         if cache_dir is None:
@@ -154,25 +265,36 @@ class ModelRegistry:
             return ModelRef(self.name, self.version)
         try:
             version = self.client.get_model_version_by_alias(self.name, self.alias).version
-        except MlflowException as error:
-            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+        except Exception as error:
+            # MlflowException and RegistryError both name the error as MLflow's API does.
+            if getattr(error, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
                 raise ModelUnavailable(
                     f"The model registry has no model {self.name!r} with the alias "
                     f"{self.alias!r}. Register one (python -m mlflow_server.train) or set the "
                     f"alias, then retry."
                 ) from error
             raise self._unavailable(f"resolve {self.model_uri}", RegistryUnreachable) from error
-        except Exception as error:
-            raise self._unavailable(f"resolve {self.model_uri}", RegistryUnreachable) from error
         return ModelRef(self.name, str(version))
 
     def load(self, ref: ModelRef) -> LoadedModel:
-        """Load a version, from the disk cache when it holds a complete copy."""
+        """Load a version, from the disk cache when it holds a complete copy.
+
+        From a cached version's fast form when it has one (numpy only); else through MLflow
+        (skops), writing the fast form beside it when the estimator is a linear model that
+        `nimbus.linear` predicts identically.
+        """
         started = time.monotonic()
+        if self.serving and "mlflow" not in sys.modules:
+            self._prepare_in_child(ref)
         try:
             model_dir, downloaded = self._local_copy(ref)
-            estimator = mlflow.sklearn.load_model(str(model_dir))
-            schema = self._schema_from_folder(ref, model_dir)
+            fast = self._load_fast_form(ref, model_dir)
+            if fast is not None:
+                estimator, schema, classifier = fast
+                source = "fast form"
+            else:
+                estimator, schema, classifier = self._load_with_mlflow(ref, model_dir)
+                source = "downloaded" if downloaded else "from cache"
         except ModelUnavailable:
             raise
         except Exception as error:
@@ -182,14 +304,123 @@ class ModelRegistry:
             version=ref.version,
             estimator=estimator,
             schema=schema,
-            is_classifier=bool(is_classifier(estimator)),
+            is_classifier=classifier,
         )
         logger.info(
             "loaded %s version %s (%s) in %.2fs",
-            ref.name, ref.version, "downloaded" if downloaded else "from cache",
-            time.monotonic() - started,
+            ref.name, ref.version, source, time.monotonic() - started,
         )  # fmt: skip
         return model
+
+    def _prepare_in_child(self, ref: ModelRef) -> None:
+        """Download the version and write its fast form in a child process, when the cache
+        has no fast form of it yet.
+
+        Loading through MLflow imports MLflow, skops and scikit-learn, which stay in memory
+        for the life of the process (about 200 MiB, and every garbage collection walks their
+        objects), all to end up with a few numbers when the model is linear. A serving
+        process (`serving=True`) has a child do that work; it then loads the fast form
+        itself. Best effort: when the child fails or the model has no fast form, the load
+        goes on in this process, which reports any error as it would have.
+        """
+        folder = self._cached_folder(ref)
+        if folder is not None and self._fast_manifest(folder) is not None:
+            return
+        started = time.monotonic()
+        argv = [sys.executable, "-c", _PREPARE_CHILD, self.client.tracking_uri, ref.name,
+                ref.version, str(self.cache_dir)]  # fmt: skip
+        try:
+            done = subprocess.run(argv, capture_output=True, timeout=600, check=False)
+        except (OSError, subprocess.SubprocessError) as error:
+            logger.warning("preparing version %s in a child failed: %s", ref.version, error)
+            return
+        if done.returncode != 0:
+            tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["-"]
+            logger.warning(
+                "preparing %s version %s in a child failed (exit %s): %s; loading it here",
+                ref.name, ref.version, done.returncode, tail[0][:300],
+            )  # fmt: skip
+            return
+        logger.info(
+            "prepared %s version %s in a child process in %.2fs",
+            ref.name, ref.version, time.monotonic() - started,
+        )  # fmt: skip
+
+    def _load_with_mlflow(self, ref: ModelRef, folder: Path) -> tuple[Any, InputSchema, bool]:
+        import mlflow.sklearn
+        from sklearn.base import is_classifier
+
+        estimator = mlflow.sklearn.load_model(str(folder))
+        schema = self._schema_from_folder(ref, folder)
+        classifier = bool(is_classifier(estimator))
+        fast = LinearPredictor.from_estimator(estimator)
+        if fast is None or fast.is_classifier != classifier:
+            return estimator, schema, classifier
+        try:
+            self._write_fast_form(folder, fast, schema)
+        except OSError as error:  # a read-only cache still serves; it only loads slower
+            logger.warning("cannot write the fast form of version %s: %s", ref.version, error)
+        return fast, schema, classifier
+
+    def _write_fast_form(self, folder: Path, fast: LinearPredictor, schema: InputSchema) -> None:
+        """The coefficients, then the manifest naming their hash, each renamed into place:
+        a manifest exists only beside the complete file it describes."""
+        arrays = folder / FAST_ARRAYS_FILE
+        staging = folder / f".{FAST_ARRAYS_FILE}.{os.getpid()}"
+        fast.save(staging)
+        digest = hashlib.sha256(staging.read_bytes()).hexdigest()
+        os.replace(staging, arrays)
+        manifest = {
+            "format": FAST_FORMAT,
+            "arrays": FAST_ARRAYS_FILE,
+            "sha256": digest,
+            "mlmodel_sha256": hashlib.sha256((folder / MLMODEL_FILE).read_bytes()).hexdigest(),
+            "is_classifier": fast.is_classifier,
+            "schema": schema.to_json(),
+        }
+        staging = folder / f".{FAST_MANIFEST_FILE}.{os.getpid()}"
+        staging.write_text(json.dumps(manifest, indent=1) + "\n")
+        os.replace(staging, folder / FAST_MANIFEST_FILE)
+
+    def _fast_manifest(self, folder: Path) -> dict[str, Any] | None:
+        """The fast form's manifest if it is one this code wrote for this MLmodel, else None."""
+        try:
+            manifest = json.loads((folder / FAST_MANIFEST_FILE).read_text())
+            mlmodel = hashlib.sha256((folder / MLMODEL_FILE).read_bytes()).hexdigest()
+        except (OSError, ValueError):
+            return None
+        if (
+            not isinstance(manifest, dict)
+            or manifest.get("format") != FAST_FORMAT
+            or manifest.get("mlmodel_sha256") != mlmodel
+        ):
+            return None
+        return manifest
+
+    def _load_fast_form(
+        self, ref: ModelRef, folder: Path
+    ) -> tuple[LinearPredictor, InputSchema, bool] | None:
+        """The version's fast form, verified against the hash its manifest records; None
+        (and a load through MLflow, which writes it again) when absent or not intact."""
+        manifest = self._fast_manifest(folder)
+        if manifest is None:
+            return None
+        try:
+            data = (folder / FAST_ARRAYS_FILE).read_bytes()
+            if hashlib.sha256(data).hexdigest() != manifest.get("sha256"):
+                raise ValueError("its hash does not match the manifest")
+            fast = LinearPredictor.load(folder / FAST_ARRAYS_FILE)
+            schema = InputSchema.from_json(manifest["schema"])
+            classifier = bool(manifest["is_classifier"])
+            if fast.is_classifier != classifier or fast.n_features_in_ != schema.width:
+                raise ValueError("it does not match its manifest")
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            logger.warning(
+                "ignoring the fast form of %s version %s (%s); loading it through MLflow",
+                ref.name, ref.version, error,
+            )  # fmt: skip
+            return None
+        return fast, schema, classifier
 
     def current(self) -> LoadedModel | None:
         """The model being served now, without loading one: None before the first load."""
@@ -226,9 +457,14 @@ class ModelRegistry:
             return cached
         folder = self._cached_folder(ref)
         try:
-            if folder is not None:
+            manifest = self._fast_manifest(folder) if folder is not None else None
+            if manifest is not None:
+                schema = InputSchema.from_json(manifest["schema"])
+            elif folder is not None:
                 schema = self._schema_from_folder(ref, folder)
             else:
+                import mlflow.artifacts
+
                 source = self._download_uri(ref).rstrip("/")
                 with tempfile.TemporaryDirectory(prefix="nimbus-mlmodel-") as scratch:
                     local = mlflow.artifacts.download_artifacts(
@@ -255,6 +491,8 @@ class ModelRegistry:
         final = self._version_folder(ref)
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{ref.version}-", dir=final.parent))
+        import mlflow.artifacts
+
         try:
             # MLflow puts the artifacts under dst_path/<last part of the URI> ("artifacts"),
             # and returns that path; that folder is the model.
@@ -279,8 +517,8 @@ class ModelRegistry:
     def _download_uri(self, ref: ModelRef) -> str:
         try:
             return str(self.client.get_model_version_download_uri(ref.name, ref.version))
-        except MlflowException as error:
-            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+        except Exception as error:
+            if getattr(error, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
                 raise ModelUnavailable(
                     f"The model registry has no version {ref.version} of model {ref.name!r}. "
                     "Check the model URI the service is configured with."
@@ -295,6 +533,8 @@ class ModelRegistry:
         return folder if (folder / MLMODEL_FILE).is_file() else None
 
     def _schema_from_folder(self, ref: ModelRef, folder: Path) -> InputSchema:
+        from mlflow.models import Model
+
         signature = Model.load(str(folder / MLMODEL_FILE)).signature
         try:
             return InputSchema.from_signature(signature)
@@ -311,3 +551,20 @@ class ModelRegistry:
             f"The model {self.name!r} is unavailable: cannot {action} (the model registry or "
             "its artifact store could not be reached or returned an error). Retry later."
         )
+
+
+# The child of `ModelRegistry._prepare_in_child`: download and load one version through
+# MLflow, which writes its fast form into the cache. argv: tracking URI, name, version, cache.
+_PREPARE_CHILD = """
+import sys
+from pathlib import Path
+from nimbus.registry import ModelRef, ModelRegistry, RestRegistryClient
+uri, name, version, cache = sys.argv[1:5]
+if uri.startswith(("http://", "https://")):
+    client = RestRegistryClient(uri)
+else:
+    from mlflow import MlflowClient
+    client = MlflowClient(tracking_uri=uri)
+registry = ModelRegistry(client, f"models:/{name}/{version}", cache_dir=Path(cache))
+registry.load(ModelRef(name, version))
+"""

@@ -11,7 +11,7 @@ import csv
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import orjson
 
@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from google.cloud import storage
 
 INPUT_SUFFIXES = (".jsonl", ".csv")
+# google-cloud-storage's BlobReader has no buffer of its own for line iteration: iterating it
+# reads a byte per call (200,000 lines from the emulator: 4.7 s). Reading it through a 1 MiB
+# buffer makes the same lines take 0.08 s; the reader still fetches `chunk_size` per request.
+READ_BUFFER_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -69,16 +73,24 @@ def read_items(
 ) -> Iterator[list[dict[str, Any] | UnreadableItem]]:
     """The items of a .jsonl or .csv object, `chunk_rows` at a time, streamed."""
     bucket, name = split_gs_uri(input_uri, "input_uri")
-    with client.bucket(bucket).blob(name).open("rb") as raw:
-        lines = _csv_items(raw) if name.endswith(".csv") else _jsonl_items(raw)
+    with client.bucket(bucket).blob(name).open("rb") as reader:
         chunk: list[dict[str, Any] | UnreadableItem] = []
-        for item in lines:
+        for item in parse_items(reader, is_csv=name.endswith(".csv")):
             chunk.append(item)
             if len(chunk) == chunk_rows:
                 yield chunk
                 chunk = []
         if chunk:
             yield chunk
+
+
+def parse_items(
+    reader: io.BufferedIOBase | BinaryIO, *, is_csv: bool
+) -> Iterator[dict[str, Any] | UnreadableItem]:
+    """The items of a JSON-lines or CSV stream (a BlobReader), read through a large buffer."""
+    # BufferedReader only needs readinto(), which a BufferedIOBase has.
+    raw = io.BufferedReader(cast(io.RawIOBase, reader), READ_BUFFER_BYTES)
+    return _csv_items(raw) if is_csv else _jsonl_items(raw)
 
 
 def open_result_writer(client: storage.Client, uri: str) -> BinaryIO:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -17,7 +21,17 @@ from mlflow import MlflowClient
 
 from mlflow_server.train import ensure_production_model, train_and_register
 from nimbus.errors import ModelUnavailable
-from nimbus.registry import LoadedModel, ModelRef, ModelRegistry
+from nimbus.registry import (
+    FAST_ARRAYS_FILE,
+    FAST_MANIFEST_FILE,
+    LoadedModel,
+    ModelRef,
+    ModelRegistry,
+    RegistryUnreachable,
+    RestRegistryClient,
+)
+from nimbus.schema import InputSchema
+from nimbus.stack import free_port
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Emulators, MlflowServer
@@ -186,3 +200,128 @@ def test_a_warm_cache_loads_with_the_server_stopped(
     # Resolving an alias needs the registry: that fails as a 503, quickly.
     with pytest.raises(ModelUnavailable):
         ModelRegistry(client, "models:/iris@production", cache_dir=cache).production()
+
+
+# -- the services' registry client and the fast form ----------------------------------------
+
+_FRESH_PROCESS = """
+import json, sys
+import numpy as np
+from nimbus.registry import ModelRegistry, RestRegistryClient
+from pathlib import Path
+registry = ModelRegistry(
+    RestRegistryClient(sys.argv[1]), sys.argv[2], cache_dir=Path(sys.argv[3]),
+    serving=sys.argv[5] == "serving",
+)
+model = registry.production()
+rows = json.loads(sys.argv[4])
+matrix = model.schema.rows_to_matrix(rows)
+answer = {
+    "version": model.version,
+    "predictions": model.predict(matrix),
+    "proba": model.predict_proba(matrix) if model.is_classifier else None,
+    "imported": sorted(m for m in ("mlflow", "sklearn", "skops", "scipy", "pandas", "redis")
+                       if m in sys.modules),
+}
+registry.close()
+print(json.dumps(answer))
+"""
+
+
+def _fresh_process(
+    tracking_uri: str, model_uri: str, cache: Path, rows: object, *, serving: bool = False
+) -> dict:
+    """Load and predict in a new interpreter, as a restarted function would; its answer."""
+    done = subprocess.run(
+        [sys.executable, "-c", _FRESH_PROCESS, tracking_uri, model_uri, str(cache),
+         json.dumps(rows), "serving" if serving else "-"],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def test_the_rest_client_answers_as_mlflows_does(
+    mlflow_server: MlflowServer, client: MlflowClient, iris_version: str, tmp_path: Path
+):
+    rest = RestRegistryClient(mlflow_server.tracking_uri)
+
+    assert rest.get_model_version_by_alias("iris", "production").version == iris_version
+    assert rest.get_model_version_download_uri(
+        "iris", iris_version
+    ) == client.get_model_version_download_uri("iris", iris_version)
+    registry = ModelRegistry(rest, "models:/iris@production", cache_dir=tmp_path)
+    assert registry.resolve() == ModelRef("iris", iris_version)
+    with pytest.raises(ModelUnavailable, match="no model 'no-such-model'"):
+        ModelRegistry(rest, "models:/no-such-model@production", cache_dir=tmp_path).resolve()
+    with pytest.raises(ModelUnavailable, match="no version 99"):
+        ModelRegistry(rest, "models:/iris/99", cache_dir=tmp_path).production()
+    nobody = RestRegistryClient(f"http://127.0.0.1:{free_port()}", timeout=5)
+    started = time.monotonic()
+    with pytest.raises(RegistryUnreachable):
+        ModelRegistry(nobody, "models:/iris@production", cache_dir=tmp_path).resolve()
+    assert time.monotonic() - started < 5  # refused: no retries with backoff
+
+
+def test_a_restart_loads_the_fast_form_without_mlflow_or_scikit_learn(
+    mlflow_server: MlflowServer, iris_version: str, tmp_path: Path
+):
+    cache = tmp_path / "cache"
+    registry = ModelRegistry(MlflowClient(mlflow_server.tracking_uri), "models:/iris@production",
+                             cache_dir=cache)  # fmt: skip
+    first = registry.production()
+    registry.close()
+    folder = cache / "iris" / iris_version
+    manifest = json.loads((folder / FAST_MANIFEST_FILE).read_text())
+    arrays = (folder / FAST_ARRAYS_FILE).read_bytes()
+    assert manifest["sha256"] == hashlib.sha256(arrays).hexdigest()
+    assert InputSchema.from_json(manifest["schema"]) == first.schema
+
+    # The scikit-learn estimator, loaded the way MLflow serves it, is the reference.
+    estimator = mlflow.sklearn.load_model(str(folder))
+    rng = np.random.default_rng(5)
+    matrix = np.vstack([first.schema.rows_to_matrix(IRIS_ROWS), rng.normal(4, 3, (300, 4))])
+    rows = [dict(zip(IRIS_FIELDS, row, strict=True)) for row in matrix.tolist()]
+    expected = estimator.predict(matrix).tolist()
+    expected_proba = estimator.predict_proba(matrix).tolist()
+    assert first.predict(matrix) == expected
+
+    fresh = _fresh_process(mlflow_server.tracking_uri, "models:/iris@production", cache, rows)
+
+    assert fresh["version"] == iris_version
+    assert fresh["predictions"] == expected
+    assert [list(p.values()) for p in fresh["proba"]] == expected_proba
+    assert fresh["imported"] == []  # no mlflow, skops, scikit-learn, scipy, pandas or redis
+
+
+def test_a_damaged_fast_form_is_ignored_and_written_again(
+    mlflow_server: MlflowServer, iris_version: str, tmp_path: Path
+):
+    client = MlflowClient(mlflow_server.tracking_uri)
+    cache = tmp_path / "cache"
+    ModelRegistry(client, f"models:/iris/{iris_version}", cache_dir=cache).production()
+    arrays = cache / "iris" / iris_version / FAST_ARRAYS_FILE
+    damaged = bytearray(arrays.read_bytes())
+    damaged[-200] ^= 0xFF  # a flipped byte inside the coefficients
+    arrays.write_bytes(bytes(damaged))
+
+    model = ModelRegistry(client, f"models:/iris/{iris_version}", cache_dir=cache).production()
+
+    assert model.predict(model.schema.rows_to_matrix(IRIS_ROWS)) == [0, 2]
+    manifest = json.loads((arrays.parent / FAST_MANIFEST_FILE).read_text())
+    assert manifest["sha256"] == hashlib.sha256(arrays.read_bytes()).hexdigest()
+
+
+def test_a_serving_registry_loads_through_mlflow_in_a_child_only(
+    mlflow_server: MlflowServer, iris_version: str, tmp_path: Path
+):
+    cache = tmp_path / "cache"  # empty: the version must be downloaded and loaded first
+
+    fresh = _fresh_process(
+        mlflow_server.tracking_uri, "models:/iris@production", cache, IRIS_ROWS, serving=True
+    )
+
+    assert fresh["version"] == iris_version
+    assert fresh["predictions"] == [0, 2]
+    assert fresh["imported"] == []  # the child imported MLflow and scikit-learn, not the process
+    assert (cache / "iris" / iris_version / FAST_MANIFEST_FILE).is_file()
