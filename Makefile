@@ -26,7 +26,7 @@ run: install
 test: install lint gotest
 	$(BIN)/pytest
 
-install: $(VENV)/.synced $(DEVSTACK_BIN) redis shellcheck postgresql compose
+install: $(VENV)/.synced $(DEVSTACK_BIN) redis shellcheck postgresql compose chromium
 
 # uv itself lives in its own small venv so `uv sync` can keep .venv exactly as uv.lock says.
 $(UV):
@@ -48,12 +48,20 @@ redis:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
 # tests/deploy: shellcheck lints deploy/*.sh; PostgreSQL stands in for Cloud SQL (Debian's).
-.PHONY: shellcheck postgresql compose
+.PHONY: shellcheck postgresql compose chromium
 shellcheck:
 	@command -v shellcheck >/dev/null || { \
 	  echo "installing shellcheck (Debian package)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq shellcheck >/dev/null; }
+
+# tests/e2e/test_ui.py: the jobs page in headless Chromium, Debian's browser and its driver.
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing chromium and chromium-driver (Debian packages)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
