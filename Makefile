@@ -8,17 +8,18 @@ UV := .tools/bin/uv
 VENV := .venv
 BIN := $(VENV)/bin
 GO ?= go
-DEVSTACK_BIN := devstack/bin/nimbus-emulators devstack/bin/nimbus-gateway
+DEVSTACK_BIN := devstack/bin/nimbus-emulators devstack/bin/nimbus-gateway devstack/bin/nimbus-load
 DEVSTACK_SRC := $(shell find devstack -name '*.go' -o -name go.mod -o -name go.sum 2>/dev/null)
 
-.PHONY: run test install lint format unit e2e gotest bench chaos clean help
+.PHONY: run test install lint format unit e2e gotest bench load chaos clean help
 
 help:
 	@echo "make run      install what is missing, then run the whole stack (gateway on :8080)"
 	@echo "make test     install what is missing, lint, then run every test"
 	@echo "make lint     ruff, ruff format --check, mypy, go vet"
 	@echo "make clean    remove the venv, built programs and local state (.nimbus/)"
-	@echo "make bench    Nimbus vs mlflow models serve vs the floor (BENCH_ARGS=--quick: ~2 min)"
+	@echo "make bench    Nimbus vs mlflow models serve vs the floor (BENCH_ARGS=--quick: ~2 min), then make load"
+	@echo "make load     200 req/s for 30 s on POST /v1/predict through the gateway; zero errors required"
 
 run: install
 	$(BIN)/nimbus up
@@ -85,6 +86,14 @@ $(COMPOSE_PLUGIN): deploy/tools/compose/go.mod deploy/tools/compose/go.sum
 bench: install wrk
 	$(UV) sync --frozen --all-extras --group bench
 	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(MAKE) --no-print-directory load
+
+# A bounded load run (devstack/cmd/nimbus-load): a fixed rate, open loop, on POST /v1/predict
+# through the gateway; fails on any error or a missed rate. It starts a stack of its own on
+# free ports, or LOAD_URL=http://host:port uses a running one. LOAD_ARGS to change the rate.
+LOAD_ARGS ?= -rate 200 -duration 30s
+load: install
+	devstack/bin/nimbus-load $(if $(LOAD_URL),-url $(LOAD_URL),-stack $(BIN)/nimbus) $(LOAD_ARGS)
 
 # The load generator: Debian's wrk, installed once when missing.
 wrk:
