@@ -7,7 +7,6 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from itertools import chain
 from typing import Any
 
 import orjson
@@ -161,9 +160,13 @@ def _shape(document: Any, raw: bytes, max_depth: int) -> tuple[int, int]:
     kind = type(document)
     if kind is dict and raw.count(b"{") == 1 and b"[" not in raw:
         return 1, len(document)
-    if kind is list and raw.count(b"[") == 1 and raw.count(b"{") == len(document):
-        if set(map(type, document)) <= {dict}:
-            return (2 if document else 1), sum(map(len, document))
+    if (
+        kind is list
+        and raw.count(b"[") == 1
+        and raw.count(b"{") == len(document)
+        and set(map(type, document)) <= {dict}
+    ):
+        return (2 if document else 1), sum(map(len, document))
     if kind is not dict and kind is not list:
         return 0, 0
     depth = members = 0

@@ -49,6 +49,7 @@ var routes = []route{
 	{method: http.MethodGet, pattern: "/", upstream: "predict"},
 	{method: http.MethodPost, pattern: "/v1/predict", upstream: "predict"},
 	{method: http.MethodPost, pattern: "/v1/batch", upstream: "batch_submit"},
+	{method: http.MethodGet, pattern: "/v1/batch", upstream: "batch_status"}, // the caller's recent jobs
 	{method: http.MethodGet, pattern: "/v1/batch/{job_id}", upstream: "batch_status"},
 	{method: http.MethodDelete, pattern: "/v1/batch/{job_id}", upstream: "batch_submit"}, // cancel: batch_submit owns job writes
 	{method: http.MethodGet, pattern: "/ready", local: (*gateway).ready},
