@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from google.cloud.storage import Client as StorageClient
 
     from nimbus.bus import JobBus
+    from nimbus.gate import Gate
     from nimbus.jobs import JobStore
     from nimbus.registry import ModelRegistry
 
@@ -39,6 +40,21 @@ class Clients:
             socket_connect_timeout=2,
             health_check_interval=30,
             retry=Retry(NoBackoff(), retries=1),
+        )
+
+    @cached_property
+    def gate(self) -> Gate:
+        """Body size, API keys and rate limit for every request of this process."""
+        from nimbus.auth import ApiKeys
+        from nimbus.gate import Gate
+        from nimbus.ratelimit import RateLimiter
+
+        limit = self.settings.rate_limit
+        return Gate(
+            project=self.settings.project,
+            max_body_bytes=self.settings.max_body_bytes,
+            keys=ApiKeys.parse(self.settings.api_keys),
+            limiter=RateLimiter(self.redis, per_minute=limit) if limit else None,
         )
 
     @cached_property

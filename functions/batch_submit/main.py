@@ -39,6 +39,6 @@ def batch_submit(request: Request) -> Response:
     job_id = api.job_id_from_path(request.path)
     if job_id is not None:
         routes[request.path.rstrip("/")] = {
-            "DELETE": lambda: api.cancel_batch(job_id, clients.job_store)
+            "DELETE": lambda: api.cancel_batch(request, job_id, clients.job_store)
         }
-    return api.dispatch(request, routes)
+    return api.dispatch(request, routes, clients.gate)

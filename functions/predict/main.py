@@ -26,4 +26,5 @@ def predict(request: Request) -> Response:
             "/v1/predict": {"POST": lambda: api.predict(request, registry, clients.settings)},
             "/ready": {"GET": lambda: api.predict_ready(registry)},
         },
+        clients.gate,
     )
