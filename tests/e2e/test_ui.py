@@ -103,6 +103,7 @@ def test_a_submitted_job_appears_finishes_and_shows_its_result(
     browser.save_screenshot(str(tmp_path / "ui.png"))
     target = os.environ.get("NIMBUS_UI_SCREENSHOT")
     if target:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tmp_path / "ui.png", target)
 
 
