@@ -20,8 +20,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from nimbus.auth import key_entry, new_key
 from nimbus.stack import Stack
-from tests.conftest import IRIS_SETOSA, IRIS_VIRGINICA
+from tests.conftest import IRIS_SETOSA, IRIS_VIRGINICA, stack_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -119,3 +120,70 @@ def test_the_page_loads_nothing_from_elsewhere(stack: Stack, browser: WebDriver)
     assert all(url.startswith(stack.gateway_url) for url in urls), urls
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not severe, severe
+
+
+def test_the_docs_page_renders_every_operation_of_the_spec(stack: Stack, browser: WebDriver):
+    spec = requests.get(f"{stack.gateway_url}/openapi.json", timeout=5).json()
+    operation_ids = [
+        operation["operationId"]
+        for item in spec["paths"].values()
+        for method, operation in item.items()
+        if method in {"get", "post", "delete"}
+    ]
+    browser.get(f"{stack.gateway_url}/docs")
+    WebDriverWait(browser, WAIT).until(lambda b: b.find_elements(By.CSS_SELECTOR, "details.op"))
+    for operation_id in operation_ids:
+        assert browser.find_elements(By.ID, operation_id), operation_id
+    assert browser.find_element(By.ID, "title").text == spec["info"]["title"]
+
+
+@pytest.fixture(scope="module")
+def keyed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, dict[str, str]]]:
+    """A stack of its own with API keys on: alice's and bob's."""
+    keys = {name: new_key() for name in ("alice", "bob")}
+    entries = ",".join(key_entry(name, key) for name, key in keys.items())
+    settings = stack_settings(tmp_path_factory.mktemp("keyed"), api_keys=entries)
+    with Stack(settings) as running:
+        yield running, keys
+
+
+def test_with_keys_on_the_page_asks_for_one_and_shows_only_its_jobs(
+    keyed_stack: tuple[Stack, dict[str, str]], browser: WebDriver
+):
+    stack, keys = keyed_stack
+    base = stack.gateway_url
+    alices = requests.post(
+        f"{base}/v1/batch",
+        json=[IRIS_SETOSA],
+        headers={"Authorization": f"Bearer {keys['alice']}"},
+        timeout=10,
+    )
+    bobs = requests.post(
+        f"{base}/v1/batch", json=[IRIS_VIRGINICA], headers={"X-API-Key": keys["bob"]}, timeout=10
+    )
+    assert alices.status_code == bobs.status_code == 202, (alices.text, bobs.text)
+
+    browser.get(f"{base}/ui")
+    browser.execute_script("localStorage.clear()")
+    browser.refresh()
+    form = browser.find_element(By.ID, "key-form")
+    WebDriverWait(browser, WAIT).until(lambda b: form.is_displayed())
+    browser.find_element(By.ID, "key-input").send_keys(keys["alice"])
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+    alice_job = alices.json()["job_id"]
+    WebDriverWait(browser, WAIT).until(lambda b: _row(b, alice_job) is not None)
+    assert not form.is_displayed()
+    assert _row(browser, bobs.json()["job_id"]) is None  # a job is its key's only
+    assert browser.execute_script("return localStorage.getItem('nimbus.apiKey')") == keys["alice"]
+
+    # A refused key brings the form back, saying so.
+    browser.execute_script("localStorage.setItem('nimbus.apiKey', 'nimbus_wrong')")
+    browser.refresh()
+    WebDriverWait(browser, WAIT).until(
+        lambda b: b.find_element(By.ID, "key-error").text == "That key was refused."
+    )
+    browser.find_element(By.ID, "forget-key").click()
+    WebDriverWait(browser, WAIT).until(
+        lambda b: b.execute_script("return localStorage.getItem('nimbus.apiKey')") is None
+    )
