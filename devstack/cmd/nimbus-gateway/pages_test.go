@@ -38,6 +38,30 @@ func TestOpenAPIJSONIsTheRepositorysSpec(t *testing.T) {
 	}
 }
 
+func TestSpecKeepsTheFilesOrderAndValues(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "spec.yaml")
+	_ = os.WriteFile(path, []byte(`openapi: 3.0.3
+x-google-api-management: {backends: {a: {address: "${A_URL}"}}}
+paths:
+  /z: {get: {x-google-backend: a, responses: {"200": {description: ok}}}}
+  /a: {get: {responses: {"200": {description: ok}}}}
+anchors: &x {n: 1, f: 1.5, t: true, none: null, s: "2.0", big: 12345678901}
+again: *x
+`), 0o600)
+	got, err := loadSpec(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"openapi":"3.0.3","paths":{"/z":{"get":{"responses":{"200":{"description":"ok"}}}},` +
+		`"/a":{"get":{"responses":{"200":{"description":"ok"}}}}},` +
+		`"anchors":{"n":1,"f":1.5,"t":true,"none":null,"s":"2.0","big":12345678901},` +
+		`"again":{"n":1,"f":1.5,"t":true,"none":null,"s":"2.0","big":12345678901}}`
+	if string(got) != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+}
+
 // Every proxied route of the gateway is an operation of the spec, and back.
 func TestRoutesAreTheSpecsOperations(t *testing.T) {
 	raw, err := loadSpec(repoSpec)
