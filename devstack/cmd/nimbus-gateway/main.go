@@ -235,10 +235,11 @@ func (g *gateway) newProxy(up *upstream) *httputil.ReverseProxy {
 			// traceparent, tracestate and X-Cloud-Trace-Context are
 			// end-to-end headers: ReverseProxy passes them on as they are.
 		},
-		Transport:    g.transport,
-		BufferPool:   bufferPool{},
-		ErrorHandler: g.proxyError(up),
-		ErrorLog:     log.New(g.log.writer("WARNING"), "", 0),
+		Transport:      g.transport,
+		BufferPool:     bufferPool{},
+		ModifyResponse: g.metrics.countModel,
+		ErrorHandler:   g.proxyError(up),
+		ErrorLog:       log.New(g.log.writer("WARNING"), "", 0),
 	}
 }
 

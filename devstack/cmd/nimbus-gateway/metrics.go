@@ -16,6 +16,7 @@ import (
 //	nimbus_gateway_request_duration_seconds{route, method}  (histogram)
 //	nimbus_gateway_requests_in_flight
 //	nimbus_gateway_upstream_errors_total{upstream, kind}
+//	nimbus_gateway_model_responses_total{model}  (from X-Nimbus-Model: which version answered)
 //
 // route is the route's pattern (/v1/batch/{job_id}, never a raw id), or
 // "unmatched" for a request no route answers, so the label stays bounded.
@@ -25,6 +26,7 @@ type metrics struct {
 	latency  *prometheus.HistogramVec
 	inFlight prometheus.Gauge
 	upErrors *prometheus.CounterVec
+	models   *prometheus.CounterVec
 	handler  http.Handler
 }
 
@@ -50,7 +52,11 @@ func newMetrics() *metrics {
 		Name: "nimbus_gateway_upstream_errors_total",
 		Help: "Requests a function did not answer, by function and kind (unavailable, timeout, error).",
 	}, []string{"upstream", "kind"})
-	m.registry.MustRegister(m.requests, m.latency, m.inFlight, m.upErrors,
+	m.models = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nimbus_gateway_model_responses_total",
+		Help: "Answers that named the model version that made them (X-Nimbus-Model: name/version).",
+	}, []string{"model"})
+	m.registry.MustRegister(m.requests, m.latency, m.inFlight, m.upErrors, m.models,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.handler = promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{Registry: m.registry})
 	return m
@@ -70,6 +76,20 @@ func (m *metrics) observe(route, method string, status int, elapsed time.Duratio
 	method = methodLabel(method)
 	m.requests.WithLabelValues(route, method, strconv.Itoa(status)).Inc()
 	m.latency.WithLabelValues(route, method).Observe(elapsed.Seconds())
+}
+
+// modelHeader names the model version behind a prediction (nimbus/api.py).
+const modelHeader = "X-Nimbus-Model"
+
+// countModel counts an answer by the model version its X-Nimbus-Model names.
+func (m *metrics) countModel(resp *http.Response) error {
+	if v := resp.Header.Get(modelHeader); v != "" {
+		if len(v) > 128 { // a label, not a payload
+			v = v[:128]
+		}
+		m.models.WithLabelValues(v).Inc()
+	}
+	return nil
 }
 
 // serveMetrics answers GET /metrics in Prometheus's text format.

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -194,7 +195,28 @@ func TestMetricsCountRoutesByPatternAndStatus(t *testing.T) {
 	if strings.Contains(body, "6f1c2b9e") || strings.Contains(body, "/nope") {
 		t.Error("a raw path reached a label")
 	}
+	if strings.Contains(body, "nimbus_gateway_model_responses_total{") {
+		t.Error("a model counted though no answer named one")
+	}
 	if !strings.Contains(body, `nimbus_gateway_request_duration_seconds_bucket{method="GET",route="/v1/batch/{job_id}",le="0.005"}`) {
 		t.Error("no latency histogram buckets")
+	}
+}
+
+func TestMetricsCountTheModelVersionThatAnswered(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Nimbus-Model", "iris/"+r.URL.Query().Get("v"))
+		w.Write([]byte(`{"prediction": 0}`))
+	}))
+	defer up.Close()
+	gw, _ := startGateway(t, up.URL, up.URL, up.URL)
+	for _, v := range []string{"1", "2", "2"} {
+		do(t, "POST", gw.URL+"/v1/predict?v="+v, "{}", nil)
+	}
+	b, _ := io.ReadAll(do(t, "GET", gw.URL+"/metrics", "", nil).Body)
+	for v, want := range map[string]float64{"1": 1, "2": 2} {
+		if got := metricValue(t, string(b), "nimbus_gateway_model_responses_total", `model="iris/`+v+`"`); got != want {
+			t.Errorf("iris/%s counted %v, want %v", v, got, want)
+		}
 	}
 }
