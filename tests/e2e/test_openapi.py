@@ -102,6 +102,31 @@ def test_the_spec_is_served_as_json_and_rendered_at_docs(stack: Stack):
     assert "text/html" in docs.headers["Content-Type"]
 
 
+def test_the_gateway_counts_requests_by_route_and_model(stack: Stack):
+    base = stack.gateway_url
+    assert requests.post(f"{base}/v1/predict", json=IRIS_SETOSA, timeout=10).status_code == 200
+    requests.get(f"{base}/v1/batch/00000000-0000-4000-8000-000000000000", timeout=5)
+    metrics = requests.get(f"{base}/metrics", timeout=5)
+    assert metrics.status_code == 200
+    lines = metrics.text.splitlines()
+
+    def sample(name: str, *labels: str) -> float:
+        found = [
+            float(line.rsplit(" ", 1)[1])
+            for line in lines
+            if line.startswith(name + "{") and all(label in line for label in labels)
+        ]
+        return sum(found)
+
+    assert sample("nimbus_gateway_requests_total", 'route="/v1/predict"', 'status="200"') >= 1
+    assert (
+        sample("nimbus_gateway_requests_total", 'route="/v1/batch/{job_id}"', 'status="404"') >= 1
+    )
+    assert sample("nimbus_gateway_request_duration_seconds_count", 'route="/v1/predict"') >= 1
+    assert sample("nimbus_gateway_model_responses_total", 'model="iris/1"') >= 1
+    assert "00000000-0000" not in metrics.text  # routes are patterns, never raw ids
+
+
 def _conforms(api_schema: schemathesis.BaseSchema, method: str, path: str, response) -> None:
     """The answer is one the spec lists for (method, path), with a body of its schema."""
     operation = api_schema[path][method]
