@@ -94,13 +94,17 @@ def read_json(request: Request, *, max_bytes: int, max_depth: int = DEFAULT_MAX_
 
 def read_body(request: Request, *, max_bytes: int) -> bytes:
     """The raw body, at most `max_bytes` of it: a longer one is refused (413) unread."""
-    # Flask 3.1: werkzeug refuses a longer Content-Length before reading, and stops a chunked
-    # body at the limit, so a 40 MB upload never sits in memory.
-    request.max_content_length = max_bytes
+    # Flask 3.1: werkzeug refuses a longer Content-Length before reading anything, and reads a
+    # chunked body only up to the limit (one byte past it tells us there was more), so a 40 MB
+    # upload never sits in memory.
+    request.max_content_length = max_bytes + 1
     try:
-        return request.get_data(cache=True)
+        raw = request.get_data(cache=True)
     except RequestEntityTooLarge:
         raise PayloadTooLarge(too_large_message(max_bytes)) from None
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(too_large_message(max_bytes))
+    return raw
 
 
 def too_large_message(max_bytes: int) -> str:
