@@ -65,6 +65,7 @@ class Gate:
                     "latency_ms": latency_ms,
                     "key": request.remote_user,
                     **({"job_id": job_id} if job_id else {}),
+                    **trace,
                     "httpRequest": {
                         "requestMethod": request.method,
                         "requestUrl": request.path[:_MAX_LOGGED_PATH],
