@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 from flask import Request, Response
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from nimbus.errors import (
     BadRequest,
@@ -60,6 +60,15 @@ def error_response(error: NimbusError) -> Response:
     response = Response(iter([payload]), status=413, mimetype="application/json")
     response.headers.update(headers)
     return response
+
+
+def http_exception_response(error: HTTPException) -> Response:
+    """werkzeug's own HTTP errors, raised before a function runs (functions-framework answers
+    /robots.txt and /favicon.ico with a 404), in the one error shape."""
+    status = error.code or 500
+    code = (error.name or "error").lower().replace(" ", "_")
+    message = error.description or error.name or "HTTP error"
+    return json_response(error_body(code, message), status)
 
 
 def read_json(request: Request, *, max_bytes: int, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:

@@ -366,3 +366,9 @@ def test_huge_urls_and_headers_over_a_socket(stack: Stack):
         status_of(raw_request(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
         == 200
     )
+
+
+@pytest.mark.parametrize("path", ["/robots.txt", "/favicon.ico"])
+def test_the_frameworks_own_routes_answer_in_the_error_shape(clients, path):
+    for client in clients.values():
+        assert_error(client.get(path), 404, "not_found")
