@@ -224,24 +224,29 @@ def answers_errors(view: Callable[..., Response]) -> Callable[..., Response]:
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Response:
-        try:
-            return view(*args, **kwargs)
-        except NimbusError as error:
-            if error.status >= 500:
-                logger.warning("%s: %s", error.code, error.message)
-            return error_response(error)
-        except _UNAVAILABLE as exc:
-            logger.warning("redis unavailable: %s", exc)
-            return error_response(
-                ServiceUnavailable(
-                    "The job store (Redis) cannot be reached; retry in a few seconds.",
-                    code="store_unavailable",
-                )
-            )
-        except Exception:
-            logger.exception("unhandled error in %s", view.__name__)
-            return json_response(
-                error_body("internal", "An internal error occurred; it has been logged."), 500
-            )
+        return answer(lambda: view(*args, **kwargs), view.__name__)
 
     return wrapper
+
+
+def answer(call: Callable[[], Response], name: str) -> Response:
+    """`call()`, with every exception it raises turned into the one error shape."""
+    try:
+        return call()
+    except NimbusError as error:
+        if error.status >= 500:
+            logger.warning("%s: %s", error.code, error.message)
+        return error_response(error)
+    except _UNAVAILABLE as exc:
+        logger.warning("redis unavailable: %s", exc)
+        return error_response(
+            ServiceUnavailable(
+                "The job store (Redis) cannot be reached; retry in a few seconds.",
+                code="store_unavailable",
+            )
+        )
+    except Exception:
+        logger.exception("unhandled error in %s", name)
+        return json_response(
+            error_body("internal", "An internal error occurred; it has been logged."), 500
+        )
