@@ -346,7 +346,8 @@ def test_a_chunked_body_over_the_limit_is_cut_off(stack: Stack):
 def test_huge_urls_and_headers_over_a_socket(stack: Stack):
     """What the HTTP server in front answers: gunicorn (functions-framework sets no limit on
     the request line) passes a 100 kB URL through to the function, which answers in the error
-    shape; a header over gunicorn's 8190-byte limit gets gunicorn's own 400, not JSON."""
+    shape; a header over gunicorn's 8190-byte limit, or over 100 headers, gets gunicorn's own
+    431, not JSON."""
     port = stack.settings.batch_status_port
 
     long_url = raw_request(
@@ -360,8 +361,16 @@ def test_huge_urls_and_headers_over_a_socket(stack: Stack):
         + b"\r\nConnection: close\r\n\r\n",
     )
 
+    many_headers = raw_request(
+        port,
+        b"GET / HTTP/1.1\r\nHost: x\r\n"
+        + b"".join(b"X-H%d: v\r\n" % i for i in range(150))
+        + b"Connection: close\r\n\r\n",
+    )
+
     assert status_of(long_url) == 404 and b'"job_not_found"' in long_url
-    assert 400 <= status_of(big_header) < 500
+    assert status_of(big_header) == 431
+    assert status_of(many_headers) == 431
     assert (
         status_of(raw_request(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
         == 200
