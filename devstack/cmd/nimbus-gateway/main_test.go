@@ -278,10 +278,10 @@ func TestMethodNotAllowed(t *testing.T) {
 	cases := []struct{ method, path, allow string }{
 		{"GET", "/v1/predict", "POST"},
 		{"PUT", "/v1/predict", "POST"},
-		{"GET", "/v1/batch", "POST"},
+		{"PUT", "/v1/batch", "POST, GET, HEAD"},
 		{"POST", "/v1/batch/abc", "GET, HEAD, DELETE"},
 		{"PUT", "/v1/batch/abc", "GET, HEAD, DELETE"},
-		{"DELETE", "/v1/batch", "POST"},
+		{"DELETE", "/v1/batch", "POST, GET, HEAD"},
 		{"POST", "/", "GET, HEAD"},
 		{"POST", "/ready", "GET, HEAD"},
 		{"OPTIONS", "/healthz", "GET, HEAD"},
