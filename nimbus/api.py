@@ -25,7 +25,7 @@ from nimbus.errors import (
     ValidationFailed,
 )
 from nimbus.gate import traceparent
-from nimbus.http import HEALTH_BODY, answers_errors, json_response, read_json
+from nimbus.http import HEALTH_BODY, answer, json_response, read_json
 from nimbus.jobs import JobStatus
 from nimbus.storage import check_large_job
 
@@ -72,10 +72,10 @@ def dispatch(
         return handler()
 
     if gate is None:
-        return answers_errors(route)()
+        return answer(route, "dispatch")
     candidate = job_id_from_path(request.path)
     job_id = candidate if candidate is not None and _is_job_id(candidate) else None
-    return gate.serve(request, answers_errors(route), job_id=job_id)
+    return gate.serve(request, lambda: answer(route, "dispatch"), job_id=job_id)
 
 
 def health() -> Response:

@@ -12,10 +12,12 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-
-from flask import Request
+from typing import TYPE_CHECKING
 
 from nimbus.errors import ConfigError
+
+if TYPE_CHECKING:
+    from flask import Request
 
 ANONYMOUS = "anonymous"  # the owner of every job when no keys are configured
 KEY_PREFIX = "nimbus_"

@@ -49,12 +49,21 @@ class Clients:
         from nimbus.gate import Gate
         from nimbus.ratelimit import RateLimiter
 
-        limit = self.settings.rate_limit
+        limiter = None
+        if self.settings.rate_limit:
+            import redis
+
+            # A connection of its own with tight timeouts: when Redis is unreachable the limiter
+            # gives up within half a second and lets requests through.
+            connection = redis.Redis.from_url(
+                self.settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5
+            )
+            limiter = RateLimiter(connection, per_minute=self.settings.rate_limit)
         return Gate(
             project=self.settings.project,
             max_body_bytes=self.settings.max_body_bytes,
             keys=ApiKeys.parse(self.settings.api_keys),
-            limiter=RateLimiter(self.redis, per_minute=limit) if limit else None,
+            limiter=limiter,
         )
 
     @cached_property

@@ -119,7 +119,8 @@ class Settings:
         metadata={
             "env": "NIMBUS_API_KEYS",
             "doc": "Comma-separated `name:sha256hex` entries (`nimbus keys new NAME` prints "
-            "one); empty means no API keys: every endpoint is open.",
+            "one); empty means no API keys: every endpoint is open. Local stack; unset in the "
+            "cloud, where Cloud Run IAM admits only the gateway.",
         },
     )
     rate_limit: int = field(

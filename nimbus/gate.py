@@ -13,11 +13,10 @@ import time
 from collections.abc import Callable
 
 from flask import Request, Response
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from nimbus.auth import ApiKeys, presented_key
 from nimbus.errors import PayloadTooLarge, TooManyRequests, Unauthorized
-from nimbus.http import error_response, too_large_message
+from nimbus.http import error_response, read_body, too_large_message
 from nimbus.logs import request_fields
 from nimbus.ratelimit import RateLimiter
 from nimbus.tracing import parse_cloud_trace_context, parse_traceparent, trace_field
@@ -66,6 +65,7 @@ class Gate:
                     "latency_ms": latency_ms,
                     "key": request.remote_user,
                     **({"job_id": job_id} if job_id else {}),
+                    **trace,
                     "httpRequest": {
                         "requestMethod": request.method,
                         "requestUrl": request.path[:_MAX_LOGGED_PATH],
@@ -111,11 +111,10 @@ class Gate:
         body (no Content-Length) the handler did not read is read here, bounded, instead."""
         if response.is_streamed or request.content_length is not None:
             return response
-        request.max_content_length = self.max_body_bytes
         try:
-            request.get_data(cache=True)
-        except RequestEntityTooLarge:
-            return error_response(PayloadTooLarge(too_large_message(self.max_body_bytes)))
+            read_body(request, max_bytes=self.max_body_bytes)
+        except PayloadTooLarge as error:
+            return error_response(error)
         return response
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 from flask import Request, Response
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from nimbus.errors import (
     BadRequest,
@@ -62,6 +62,15 @@ def error_response(error: NimbusError) -> Response:
     return response
 
 
+def http_exception_response(error: HTTPException) -> Response:
+    """werkzeug's own HTTP errors, raised before a function runs (functions-framework answers
+    /robots.txt and /favicon.ico with a 404), in the one error shape."""
+    status = error.code or 500
+    code = (error.name or "error").lower().replace(" ", "_")
+    message = error.description or error.name or "HTTP error"
+    return json_response(error_body(code, message), status)
+
+
 def read_json(request: Request, *, max_bytes: int, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
     """The request body parsed as JSON, or a 4xx NimbusError saying what is wrong with it.
 
@@ -94,13 +103,17 @@ def read_json(request: Request, *, max_bytes: int, max_depth: int = DEFAULT_MAX_
 
 def read_body(request: Request, *, max_bytes: int) -> bytes:
     """The raw body, at most `max_bytes` of it: a longer one is refused (413) unread."""
-    # Flask 3.1: werkzeug refuses a longer Content-Length before reading, and stops a chunked
-    # body at the limit, so a 40 MB upload never sits in memory.
-    request.max_content_length = max_bytes
+    # Flask 3.1: werkzeug refuses a longer Content-Length before reading anything, and reads a
+    # chunked body only up to the limit (one byte past it tells us there was more), so a 40 MB
+    # upload never sits in memory.
+    request.max_content_length = max_bytes + 1
     try:
-        return request.get_data(cache=True)
+        raw = request.get_data(cache=True)
     except RequestEntityTooLarge:
         raise PayloadTooLarge(too_large_message(max_bytes)) from None
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(too_large_message(max_bytes))
+    return raw
 
 
 def too_large_message(max_bytes: int) -> str:
@@ -211,24 +224,29 @@ def answers_errors(view: Callable[..., Response]) -> Callable[..., Response]:
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Response:
-        try:
-            return view(*args, **kwargs)
-        except NimbusError as error:
-            if error.status >= 500:
-                logger.warning("%s: %s", error.code, error.message)
-            return error_response(error)
-        except _UNAVAILABLE as exc:
-            logger.warning("redis unavailable: %s", exc)
-            return error_response(
-                ServiceUnavailable(
-                    "The job store (Redis) cannot be reached; retry in a few seconds.",
-                    code="store_unavailable",
-                )
-            )
-        except Exception:
-            logger.exception("unhandled error in %s", view.__name__)
-            return json_response(
-                error_body("internal", "An internal error occurred; it has been logged."), 500
-            )
+        return answer(lambda: view(*args, **kwargs), view.__name__)
 
     return wrapper
+
+
+def answer(call: Callable[[], Response], name: str) -> Response:
+    """`call()`, with every exception it raises turned into the one error shape."""
+    try:
+        return call()
+    except NimbusError as error:
+        if error.status >= 500:
+            logger.warning("%s: %s", error.code, error.message)
+        return error_response(error)
+    except _UNAVAILABLE as exc:
+        logger.warning("redis unavailable: %s", exc)
+        return error_response(
+            ServiceUnavailable(
+                "The job store (Redis) cannot be reached; retry in a few seconds.",
+                code="store_unavailable",
+            )
+        )
+    except Exception:
+        logger.exception("unhandled error in %s", name)
+        return json_response(
+            error_body("internal", "An internal error occurred; it has been logged."), 500
+        )

@@ -62,6 +62,8 @@ def configure_logging(level: str = "INFO") -> None:
     handler.setFormatter(CloudLoggingFormatter())
     root.handlers = [handler]
     root.setLevel(level.upper())
+    # The lines never show process or thread names: skip gathering them for every record.
+    logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
     # The client libraries are chatty at INFO about retries we already report ourselves.
     for noisy in ("urllib3", "google", "grpc", "werkzeug", "alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

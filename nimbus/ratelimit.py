@@ -38,7 +38,7 @@ class RateLimiter:
         *,
         per_minute: int,
         prefix: str = "nimbus:rate:",
-        pause_after_failure: float = 5.0,
+        pause_after_failure: float = 10.0,
     ) -> None:
         if per_minute < 1:
             raise ValueError(f"per_minute must be at least 1, got {per_minute}")
