@@ -8,10 +8,10 @@ UV := .tools/bin/uv
 VENV := .venv
 BIN := $(VENV)/bin
 GO ?= go
-DEVSTACK_BIN := devstack/bin/nimbus-emulators devstack/bin/nimbus-gateway
+DEVSTACK_BIN := devstack/bin/nimbus-emulators devstack/bin/nimbus-gateway devstack/bin/nimbus-load
 DEVSTACK_SRC := $(shell find devstack -name '*.go' -o -name go.mod -o -name go.sum 2>/dev/null)
 
-.PHONY: run test install lint format unit e2e gotest bench chaos clean help
+.PHONY: run test install lint format unit e2e gotest bench load chaos clean help
 
 help:
 	@echo "make run      install what is missing, then run the whole stack (gateway on :8080)"
@@ -19,7 +19,8 @@ help:
 	@echo "make lint     ruff, ruff format --check, mypy, go vet"
 	@echo "make chaos    only the chaos tests: kills, stalls, outages on a real stack (~6 min; in make test too)"
 	@echo "make clean    remove the venv, built programs and local state (.nimbus/)"
-	@echo "make bench    Nimbus vs mlflow models serve vs the floor (BENCH_ARGS=--quick: ~2 min)"
+	@echo "make bench    Nimbus vs mlflow models serve vs the floor (BENCH_ARGS=--quick: ~2 min), then make load"
+	@echo "make load     200 req/s for 30 s on POST /v1/predict through the gateway; zero errors required"
 
 run: install
 	$(BIN)/nimbus up
@@ -27,7 +28,7 @@ run: install
 test: install lint gotest
 	$(BIN)/pytest
 
-install: $(VENV)/.synced $(DEVSTACK_BIN) redis shellcheck postgresql compose
+install: $(VENV)/.synced $(DEVSTACK_BIN) redis shellcheck postgresql compose chromium
 
 # uv itself lives in its own small venv so `uv sync` can keep .venv exactly as uv.lock says.
 $(UV):
@@ -49,12 +50,20 @@ redis:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
 # tests/deploy: shellcheck lints deploy/*.sh; PostgreSQL stands in for Cloud SQL (Debian's).
-.PHONY: shellcheck postgresql compose
+.PHONY: shellcheck postgresql compose chromium
 shellcheck:
 	@command -v shellcheck >/dev/null || { \
 	  echo "installing shellcheck (Debian package)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq shellcheck >/dev/null; }
+
+# tests/e2e/test_ui.py: the jobs page in headless Chromium, Debian's browser and its driver.
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing chromium and chromium-driver (Debian packages)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
@@ -78,6 +87,14 @@ $(COMPOSE_PLUGIN): deploy/tools/compose/go.mod deploy/tools/compose/go.sum
 bench: install wrk
 	$(UV) sync --frozen --all-extras --group bench
 	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(MAKE) --no-print-directory load
+
+# A bounded load run (devstack/cmd/nimbus-load): a fixed rate, open loop, on POST /v1/predict
+# through the gateway; fails on any error or a missed rate. It starts a stack of its own on
+# free ports, or LOAD_URL=http://host:port uses a running one. LOAD_ARGS to change the rate.
+LOAD_ARGS ?= -rate 200 -duration 30s
+load: install
+	devstack/bin/nimbus-load $(if $(LOAD_URL),-url $(LOAD_URL),-stack $(BIN)/nimbus) $(LOAD_ARGS)
 
 # The load generator: Debian's wrk, installed once when missing.
 wrk:

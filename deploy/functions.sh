@@ -26,6 +26,8 @@ PREDICT_ENV=(
   NIMBUS_MODEL_REFRESH_SECONDS
   NIMBUS_MAX_BODY_BYTES
   NIMBUS_MAX_PREDICT_ROWS
+  NIMBUS_MAX_JSON_DEPTH
+  NIMBUS_RATE_LIMIT
   NIMBUS_LOG_LEVEL
   GOOGLE_CLOUD_PROJECT
   MLFLOW_HTTP_REQUEST_MAX_RETRIES
@@ -39,6 +41,8 @@ BATCH_SUBMIT_ENV=(
   NIMBUS_MODEL_REFRESH_SECONDS
   NIMBUS_MAX_BODY_BYTES
   NIMBUS_MAX_BATCH_ITEMS
+  NIMBUS_MAX_JSON_DEPTH
+  NIMBUS_RATE_LIMIT
   NIMBUS_FINISHED_TTL
   NIMBUS_JOBS_TOPIC
   NIMBUS_PUBLISH_TIMEOUT
@@ -49,6 +53,8 @@ BATCH_SUBMIT_ENV=(
 )
 # shellcheck disable=SC2034
 BATCH_STATUS_ENV=(
+  NIMBUS_MAX_BODY_BYTES
+  NIMBUS_RATE_LIMIT
   NIMBUS_FINISHED_TTL
   NIMBUS_RESULT_PAGE_ITEMS
   NIMBUS_LOG_LEVEL
@@ -84,10 +90,8 @@ deploy_function() {
   BUILD_DIR=$BUILD_DIR "$DEPLOY_DIR/stage.sh" "$name" >/dev/null
   env_yaml "$BUILD_DIR/$name.env.yaml" "${names[@]}"
 
-  local secrets=()
-  if [[ $name != predict ]]; then
-    secrets=(--set-secrets="$REDIS_SECRETS")
-  fi
+  # Every function reaches Redis: the job store, and the rate limit (NIMBUS_RATE_LIMIT).
+  local secrets=(--set-secrets="$REDIS_SECRETS")
   run gcloud functions deploy "$name" \
     --project="$PROJECT_ID" \
     --region="$REGION" \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # deploy/gateway.sh: one base URL for the three functions, from the project's OpenAPI spec.
 #
-# Renders openapi.yaml with the functions' URLs into build/openapi.gateway.yaml, creates an API
+# Renders openapi.yaml (OpenAPI 3, the one spec) with the functions' URLs into
+# build/openapi.gateway.yaml (deploy/render_openapi.py), creates an API
 # config named after its content (configs are immutable), and points the gateway at it. The
 # gateway calls the functions as nimbus-gateway, their only allowed invoker. Run last.
 set -euo pipefail
@@ -32,13 +33,13 @@ render() {
   [[ -n $predict && -n $submit && -n $status ]] || die "a function has no URL: run deploy/functions.sh first"
   mkdir -p "$BUILD_DIR"
   SPEC=$BUILD_DIR/openapi.gateway.yaml
-  sed -e "s|\${PREDICT_URL}|$predict|g" \
-    -e "s|\${BATCH_SUBMIT_URL}|$submit|g" \
-    -e "s|\${BATCH_STATUS_URL}|$status|g" \
-    openapi.yaml >"$SPEC"
-  local left
-  left=$(grep -o '[$][{][A-Z_]*[}]' "$SPEC" | head -1 || true)
-  [[ -z $left ]] || die "openapi.yaml has a placeholder gateway.sh does not fill: $left"
+  # The one spec (OpenAPI 3) with the functions' URLs filled in and Nimbus's own key schemes
+  # left out (API Gateway would take them for Google Cloud API keys): deploy/render_openapi.py.
+  local python=${PYTHON:-.venv/bin/python}
+  [[ -x $python ]] || python=python3
+  "$python" deploy/render_openapi.py openapi.yaml "$SPEC" \
+    predict="$predict" batch_submit="$submit" batch_status="$status" ||
+    die "could not render openapi.yaml for API Gateway (run make install for the venv)"
   CONFIG_ID=$API_ID-$(sha256sum "$SPEC" | cut -c1-10)
 }
 

@@ -153,8 +153,8 @@ redis() {
   put_secret nimbus-redis-url \
     "rediss://:$auth@$host:$port/0?ssl_ca_certs=$REDIS_CA_PATH&ssl_check_hostname=false"
   put_secret nimbus-redis-ca "$ca"
-  grant_secret nimbus-redis-url nimbus-batch-submit nimbus-batch-status nimbus-vm
-  grant_secret nimbus-redis-ca nimbus-batch-submit nimbus-batch-status nimbus-vm
+  grant_secret nimbus-redis-url nimbus-predict nimbus-batch-submit nimbus-batch-status nimbus-vm
+  grant_secret nimbus-redis-ca nimbus-predict nimbus-batch-submit nimbus-batch-status nimbus-vm
 }
 
 cloud_sql() {

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Request, Response
 
+from nimbus.auth import ANONYMOUS
 from nimbus.errors import (
     BadRequest,
     Conflict,
@@ -23,7 +24,8 @@ from nimbus.errors import (
     ServiceUnavailable,
     ValidationFailed,
 )
-from nimbus.http import HEALTH_BODY, answers_errors, json_response, read_json
+from nimbus.gate import traceparent
+from nimbus.http import HEALTH_BODY, answer, json_response, read_json
 from nimbus.jobs import JobStatus
 from nimbus.storage import check_large_job
 
@@ -32,33 +34,48 @@ if TYPE_CHECKING:
 
     from nimbus.bus import JobBus
     from nimbus.config import Settings
-    from nimbus.jobs import JobStore
+    from nimbus.gate import Gate
+    from nimbus.jobs import Job, JobStore
     from nimbus.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
 
 MODEL_HEADER = "X-Nimbus-Model"
+PUBLIC_PATHS = frozenset({"/", "/ready", "/healthz"})  # liveness and readiness: no key
 Handler = Callable[[], Response]
 
 
-def dispatch(request: Request, routes: dict[str, dict[str, Handler]]) -> Response:
-    """Call the handler for (path, method), or answer 404/405 in the error shape."""
-    methods = routes.get(request.path.rstrip("/") or "/")
-    if methods is None:
-        return answers_errors(_raise)(NotFound(f"No route for {request.path}."))
-    handler = methods.get(request.method)
-    if handler is None:
-        allow = ", ".join(sorted(methods))
-        error = MethodNotAllowed(
-            f"{request.method} is not allowed on {request.path}; use {allow}.",
-            details={"allow": allow},
-        )
-        return answers_errors(_raise)(error)
-    return answers_errors(handler)()
+def dispatch(
+    request: Request, routes: dict[str, dict[str, Handler]], gate: Gate | None = None
+) -> Response:
+    """Call the handler for (path, method), or answer 404/405 in the error shape.
 
+    With a `gate`, the request first passes its checks (body size, API key, rate limit) and
+    leaves one log line; health and readiness (GET / and /ready) need no key.
+    """
+    path = request.path.rstrip("/") or "/"
 
-def _raise(error: NimbusError) -> Response:
-    raise error
+    def route() -> Response:
+        if gate is not None:
+            public = request.method in {"GET", "HEAD"} and path in PUBLIC_PATHS
+            gate.admit(request, public=public)
+        methods = routes.get(path)
+        if methods is None:
+            raise NotFound(f"No route for {request.path[:256]}.")
+        handler = methods.get(request.method)
+        if handler is None:
+            allow = ", ".join(sorted(methods))
+            raise MethodNotAllowed(
+                f"{request.method} is not allowed on {request.path[:256]}; use {allow}.",
+                details={"allow": allow},
+            )
+        return handler()
+
+    if gate is None:
+        return answer(route, "dispatch")
+    candidate = job_id_from_path(request.path)
+    job_id = candidate if candidate is not None and _is_job_id(candidate) else None
+    return gate.serve(request, lambda: answer(route, "dispatch"), job_id=job_id)
 
 
 def health() -> Response:
@@ -74,7 +91,7 @@ def predict(request: Request, registry: ModelRegistry, settings: Settings) -> Re
 
     `?proba=true` adds class probabilities (classifiers only).
     """
-    body = read_json(request, max_bytes=settings.max_body_bytes)
+    body = read_json(request, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth)
     with_proba = _flag(request, "proba")
     model = registry.production()
     model_body = {"name": model.name, "version": model.version}
@@ -153,7 +170,8 @@ def submit_batch(
     Items come inline (a JSON array), or for a large job as
     `{"input_uri": "gs://…/items.jsonl|.csv", "output_uri": "gs://…/"}`.
     """
-    body = read_json(request, max_bytes=settings.max_body_bytes)
+    body = read_json(request, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth)
+    submitted_by = request.remote_user or ANONYMOUS
     if isinstance(body, dict) and "input_uri" in body:
         unknown = sorted(set(body) - {"input_uri", "output_uri"})
         if unknown:
@@ -162,11 +180,18 @@ def submit_batch(
                 details=[{"field": name[:64], "problem": "unknown field"} for name in unknown],
             )
         check_large_job(storage(), body["input_uri"], body.get("output_uri"))
-        job = store.create([], input_uri=body["input_uri"], output_uri=body["output_uri"])
+        job = store.create(
+            [],
+            input_uri=body["input_uri"],
+            output_uri=body["output_uri"],
+            submitted_by=submitted_by,
+        )
     else:
-        job = store.create(_inline_items(body, registry, settings))
+        job = store.create(_inline_items(body, registry, settings), submitted_by=submitted_by)
+    # The worker's log lines join the request's trace through the message's attributes.
+    trace = traceparent(request)
     try:
-        bus.publish_job(job.id)
+        bus.publish_job(job.id, **({"traceparent": trace} if trace else {}))
     except ServiceUnavailable:
         # Never leave a job PENDING that no worker will ever see: the caller got a 503 and
         # will submit again, so this record ends here.
@@ -176,7 +201,12 @@ def submit_batch(
             error={"code": "queue_unavailable", "message": "The job could not be queued."},
         )
         raise
-    logger.info("job %s accepted: %s", job.id, job.input_uri or f"{job.items} items")
+    logger.info(
+        "job %s accepted: %s",
+        job.id,
+        job.input_uri or f"{job.items} items",
+        extra={"job_id": job.id, "key": submitted_by},
+    )
     return json_response(
         {"job_id": job.id, "status": "PENDING"}, 202, headers={"Location": f"/v1/batch/{job.id}"}
     )
@@ -227,8 +257,8 @@ def batch_status(request: Request, job_id: str, store: JobStore, settings: Setti
         request, "limit", settings.result_page_items, maximum=settings.result_page_items
     )
     job = store.fetch(job_id)
-    if job is None:
-        raise _job_not_found(job_id, store)
+    if job is None or not _visible(job, request):
+        raise _job_not_found(job_id, store if job is None else None)
     body = job.to_public()
     result = body.get("result")
     if result is not None and (offset or len(result) > limit):
@@ -245,12 +275,12 @@ def batch_status(request: Request, job_id: str, store: JobStore, settings: Setti
     return json_response(body)
 
 
-def cancel_batch(job_id: str, store: JobStore) -> Response:
+def cancel_batch(request: Request, job_id: str, store: JobStore) -> Response:
     """DELETE /v1/batch/<id>: revoke a job that has not finished; 409 if it has."""
     _require_job_id(job_id)
     job = store.fetch(job_id, with_result=False)
-    if job is None:
-        raise _job_not_found(job_id, store)
+    if job is None or not _visible(job, request):
+        raise _job_not_found(job_id, store if job is None else None)
     status = job.status if job.is_terminal else store.cancel(job_id)
     if job.is_terminal or status is not JobStatus.REVOKED:
         # It finished before (or while) we asked; a second DELETE of a revoked job lands here.
@@ -272,8 +302,14 @@ def _require_job_id(job_id: str) -> None:
         )
 
 
-def _job_not_found(job_id: str, store: JobStore) -> NotFound:
-    if store.is_expired(job_id):
+def _visible(job: Job, request: Request) -> bool:
+    """With API keys on, a job is the submitting key's alone (OWASP API1): to any other key
+    it answers exactly as an unknown id does. Without keys every job is everyone's."""
+    return request.remote_user is None or job.submitted_by == request.remote_user
+
+
+def _job_not_found(job_id: str, store: JobStore | None) -> NotFound:
+    if store is not None and store.is_expired(job_id):
         return NotFound(
             f"Job {job_id} finished and has expired: finished jobs are kept for "
             f"{store.finished_ttl // 3600} hours (NIMBUS_FINISHED_TTL).",
@@ -297,6 +333,39 @@ def _int_arg(request: Request, name: str, default: int, *, maximum: int | None) 
         bound = f"between {low} and {maximum}" if maximum is not None else f"at least {low}"
         raise BadRequest(f"Query parameter {name!r} must be {bound}, got {value}.")
     return value
+
+
+def list_batches(request: Request, store: JobStore) -> Response:
+    """GET /v1/batch?limit=20: the caller's recent jobs, newest first, without results."""
+    limit = _int_arg(request, "limit", DEFAULT_LIST_LIMIT, maximum=MAX_LIST_LIMIT)
+    jobs = store.recent(request.remote_user or ANONYMOUS, limit=limit)
+    return json_response({"jobs": [_summary(job) for job in jobs]})
+
+
+DEFAULT_LIST_LIMIT = 20
+MAX_LIST_LIMIT = 100
+_SUMMARY_FIELDS = (
+    "job_id",
+    "status",
+    "progress",
+    "items",
+    "model",
+    "input_uri",
+    "output_uri",
+    "result_uri",
+    "error",
+    "attempts",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "finished_at",
+)
+
+
+def _summary(job: Job) -> dict[str, Any]:
+    """One line of the jobs list: the job's public record without its result and errors."""
+    public = job.to_public()
+    return {name: public[name] for name in _SUMMARY_FIELDS if name in public}
 
 
 def status_ready(store: JobStore) -> Response:

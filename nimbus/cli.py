@@ -448,6 +448,49 @@ def _number(value: str) -> float | str:
         return value
 
 
+@batch.command("list")
+@click.option("--limit", default=20, show_default=True, help="How many jobs, newest first.")
+@url_option
+@key_option
+def batch_list(limit: int, url: str | None, api_key: str | None) -> None:
+    """Your recent jobs, newest first (only the ones your API key submitted)."""
+    try:
+        jobs = _client(url, api_key).recent(limit=limit)
+    except ApiError as error:
+        _fail(error)
+    for job in jobs:
+        progress = job.get("progress") or {}
+        total = progress.get("total")
+        done = f"{progress.get('done', 0)}/{'?' if total is None else total}"
+        click.echo(f"{job['job_id']}  {job['status']:<8} {done:>15}  {job.get('created_at', '')}")
+
+
+@main.group()
+def keys() -> None:
+    """API keys: NIMBUS_API_KEYS holds their SHA-256 digests, never the keys."""
+
+
+@keys.command("new")
+@click.argument("name")
+def keys_new(name: str) -> None:
+    """Print a new random key for NAME and the NIMBUS_API_KEYS entry that accepts it."""
+    from nimbus.auth import key_entry, new_key
+
+    key = new_key()
+    try:
+        entry = key_entry(name, key)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="NAME") from None
+    click.echo(f"key:   {key}")
+    click.echo(f"entry: {entry}")
+    click.echo(
+        "Give the key to its user (it is shown only this once; send it as "
+        "'Authorization: Bearer <key>' or with --api-key / NIMBUS_API_KEY) and append the entry "
+        "to NIMBUS_API_KEYS (comma-separated).",
+        err=True,
+    )
+
+
 @main.command("config")
 def show_config() -> None:
     """Print every environment variable Nimbus reads, as a Markdown table."""

@@ -49,6 +49,10 @@ class NimbusClient:
         query = "" if offset is None else f"?offset={offset}"
         return dict(self._call("GET", f"/v1/batch/{job_id}{query}"))
 
+    def recent(self, *, limit: int = 20) -> list[dict[str, Any]]:
+        """The caller's recent jobs, newest first (GET /v1/batch)."""
+        return list(self._call("GET", f"/v1/batch?limit={limit}")["jobs"])
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         return dict(self._call("DELETE", f"/v1/batch/{job_id}"))
 

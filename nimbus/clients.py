@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from google.cloud.storage import Client as StorageClient
 
     from nimbus.bus import JobBus
+    from nimbus.gate import Gate
     from nimbus.jobs import JobStore
     from nimbus.registry import ModelRegistry
 
@@ -39,6 +40,30 @@ class Clients:
             socket_connect_timeout=2,
             health_check_interval=30,
             retry=Retry(NoBackoff(), retries=1),
+        )
+
+    @cached_property
+    def gate(self) -> Gate:
+        """Body size, API keys and rate limit for every request of this process."""
+        from nimbus.auth import ApiKeys
+        from nimbus.gate import Gate
+        from nimbus.ratelimit import RateLimiter
+
+        limiter = None
+        if self.settings.rate_limit:
+            import redis
+
+            # A connection of its own with tight timeouts: when Redis is unreachable the limiter
+            # gives up within half a second and lets requests through.
+            connection = redis.Redis.from_url(
+                self.settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5
+            )
+            limiter = RateLimiter(connection, per_minute=self.settings.rate_limit)
+        return Gate(
+            project=self.settings.project,
+            max_body_bytes=self.settings.max_body_bytes,
+            keys=ApiKeys.parse(self.settings.api_keys),
+            limiter=limiter,
         )
 
     @cached_property

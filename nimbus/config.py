@@ -107,6 +107,31 @@ class Settings:
         default=10 * 1024 * 1024,
         metadata={"env": "NIMBUS_MAX_BODY_BYTES", "doc": "Largest request body accepted (413)."},
     )
+    max_json_depth: int = field(
+        default=32,
+        metadata={
+            "env": "NIMBUS_MAX_JSON_DEPTH",
+            "doc": "Deepest nesting of arrays and objects accepted in a request body (400).",
+        },
+    )
+    api_keys: str = field(
+        default="",
+        metadata={
+            "env": "NIMBUS_API_KEYS",
+            "doc": "Comma-separated `name:sha256hex` entries (`nimbus keys new NAME` prints "
+            "one); empty means no API keys: every endpoint is open. Local stack; unset in the "
+            "cloud, where Cloud Run IAM admits only the gateway.",
+        },
+    )
+    rate_limit: int = field(
+        default=0,
+        metadata={
+            "env": "NIMBUS_RATE_LIMIT",
+            "doc": "Requests per minute per API key (per client address without keys), "
+            "counted in Redis; 0 turns the limit off.",
+            "minimum": 0,
+        },
+    )
     publish_timeout: float = field(
         default=10.0,
         metadata={
@@ -300,7 +325,8 @@ class Settings:
             if isinstance(spec.default, bool):
                 raise TypeError("no boolean settings yet")
             if isinstance(spec.default, int):
-                values[spec.name] = _int(env, name, spec.default, minimum=1)
+                minimum = spec.metadata.get("minimum", 1)
+                values[spec.name] = _int(env, name, spec.default, minimum=minimum)
             elif isinstance(spec.default, float):
                 values[spec.name] = _float(env, name, spec.default)
             else:
@@ -310,6 +336,9 @@ class Settings:
             raise ConfigError(
                 f"NIMBUS_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}."
             )
+        from nimbus.auth import ApiKeys
+
+        ApiKeys.parse(settings.api_keys)  # a malformed entry fails here, at start
         return settings
 
     @property

@@ -25,6 +25,12 @@ class NimbusError(Exception):
     def to_body(self) -> dict[str, Any]:
         return error_body(self.code, self.message, self.details)
 
+    def headers(self) -> dict[str, str]:
+        """Response headers the status calls for (Allow, WWW-Authenticate, Retry-After)."""
+        if self.status == 405 and isinstance(self.details, dict) and "allow" in self.details:
+            return {"Allow": self.details["allow"]}
+        return {}
+
 
 class BadRequest(NimbusError):
     """The body cannot be read: not JSON, not UTF-8, wrong top-level shape."""
@@ -38,6 +44,16 @@ class ValidationFailed(NimbusError):
 
     status = 422
     code = "validation_failed"
+
+
+class Unauthorized(NimbusError):
+    """No API key, or one that is not configured (NIMBUS_API_KEYS)."""
+
+    status = 401
+    code = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="nimbus"'}
 
 
 class NotFound(NimbusError):
@@ -58,6 +74,20 @@ class PayloadTooLarge(NimbusError):
 class UnsupportedMediaType(NimbusError):
     status = 415
     code = "unsupported_media_type"
+
+
+class TooManyRequests(NimbusError):
+    """The caller's rate limit (NIMBUS_RATE_LIMIT) is used up; `retry_after` seconds to wait."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, details={"retry_after": retry_after})
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class Conflict(NimbusError):

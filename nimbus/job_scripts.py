@@ -16,9 +16,13 @@ end
 local function stamp(seconds) return string.format('%.6f', seconds) end
 """
 
-# ARGV: job id, inputs, items, then field/value pairs (input_uri, output_uri). Never
-# overwrites: false if the id exists. The pending index lets a reconciler find jobs whose
-# message was lost.
+# Jobs kept in each submitter's recent-jobs index (GET /v1/batch); older ones drop out.
+RECENT_JOBS_KEPT = 1000
+
+# ARGV: job id, inputs, items, then field/value pairs (input_uri, output_uri, submitted_by).
+# Never overwrites: false if the id exists. The pending index lets a reconciler find jobs whose
+# message was lost. KEYS[4], when given, is the submitter's recent-jobs index (a sorted set by
+# creation time), trimmed to the newest RECENT_JOBS_KEPT.
 CREATE = (
     _CLOCK
     + """
@@ -28,8 +32,12 @@ redis.call('HSET', KEYS[1], 'status', 'PENDING', 'inputs', ARGV[2], 'items', ARG
   'created_at', stamp(now), 'updated_at', stamp(now), 'attempts', 0, 'epoch', 0, 'done', 0,
   'revision', 0, unpack(ARGV, 4))
 redis.call('ZADD', KEYS[2], now, ARGV[1])
+if KEYS[4] then
+  redis.call('ZADD', KEYS[4], now, ARGV[1])
+  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(RECENT_JOBS_KEPT + 1))
+end
 return stamp(now)
-"""
+""".replace("RECENT_JOBS_KEPT", str(RECENT_JOBS_KEPT))
 )
 
 # ARGV: owner, lease seconds, the version the claiming worker serves ('' = none), job id.

@@ -23,14 +23,16 @@ One hash per job at `key_for(job_id)`, e.g. `nimbus:job:<uuid4>`:
     republished, lapsed_republished
                       how often the reconciler published the job again: while it waited for
                       a first claim, and after a lease ran out
+    submitted_by      the API key name that submitted the job ("anonymous" without keys)
 
 Every state change is one Lua script (`nimbus.job_scripts`), so a reader never sees a
 half-written outcome and two workers never both win. Two indexes serve the reconciler:
 `nimbus:pending` holds jobs not yet claimed, scored by when to look at them next (their
 creation, later pushed on by each republish), and `nimbus:leases` holds claimed jobs, scored
-by their lease's deadline. `nimbus:expired:<id>` outlives a finished record. Only terminal
-jobs get a TTL: Redis runs `noeviction`, so unfinished jobs must stay until someone finishes
-them. Connection errors propagate untouched
+by their lease's deadline. `nimbus:recent:<submitter>` lists each submitter's newest jobs
+(GET /v1/batch). `nimbus:expired:<id>` outlives a finished record. Only terminal jobs get a
+TTL: Redis runs `noeviction`, so unfinished jobs must stay until someone finishes them.
+Connection errors propagate untouched
 (redis.exceptions.ConnectionError / TimeoutError); callers answer 503.
 """
 
@@ -47,6 +49,7 @@ import orjson
 import redis
 
 from nimbus import job_scripts
+from nimbus.auth import ANONYMOUS
 from nimbus.errors import Conflict
 
 logger = logging.getLogger(__name__)
@@ -134,6 +137,7 @@ class Job:
     output_uri: str | None = None
     result_uri: str | None = None
     errors_total: int = 0
+    submitted_by: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -204,6 +208,9 @@ class JobStore:
         self.pending_key = f"{prefix}pending"
         self.leases_key = f"{prefix}leases"
 
+    def _recent_key(self, submitted_by: str) -> bytes:
+        return _arg(f"{self.prefix}recent:{submitted_by}")
+
     def key_for(self, job_id: str) -> str:
         """The Redis key of a job's hash."""
         return f"{self.prefix}job:{job_id}"
@@ -238,17 +245,20 @@ class JobStore:
         job_id: str | None = None,
         input_uri: str | None = None,
         output_uri: str | None = None,
+        submitted_by: str = ANONYMOUS,
     ) -> Job:
         """Save a new PENDING job; raises Conflict rather than overwrite an existing id.
 
-        A large job names its items by `input_uri` (gs://) instead, with `inputs` empty.
+        A large job names its items by `input_uri` (gs://) instead, with `inputs` empty. The job
+        joins `submitted_by`'s recent jobs in the same step.
         """
         job_id = job_id if job_id is not None else str(uuid.uuid4())
-        extra: list[str] = []
+        extra: list[str] = ["submitted_by", submitted_by]
         if input_uri is not None:
-            extra = ["input_uri", input_uri, "output_uri", output_uri or ""]
+            extra += ["input_uri", input_uri, "output_uri", output_uri or ""]
         created = self._create(
-            keys=self._keys(job_id), args=[_arg(job_id), orjson.dumps(inputs), len(inputs), *extra]
+            keys=[*self._keys(job_id), self._recent_key(submitted_by)],
+            args=[_arg(job_id), orjson.dumps(inputs), len(inputs), *extra],
         )
         if created is None:
             raise Conflict(f"Job {job_id} already exists; submit again without a job id.")
@@ -262,7 +272,31 @@ class JobStore:
             inputs=inputs,
             input_uri=input_uri,
             output_uri=output_uri,
+            submitted_by=submitted_by,
         )
+
+    def recent(self, submitted_by: str, *, limit: int) -> list[Job]:
+        """`submitted_by`'s newest jobs first, at most `limit`, without inputs or results;
+        jobs whose record has expired are dropped from the index on the way."""
+        index = self._recent_key(submitted_by)
+        found: list[Job] = []
+        start = 0
+        while len(found) < limit:
+            ids = self.connection.zrevrange(index, start, start + limit - len(found) - 1)
+            if not ids:
+                break
+            start += len(ids)
+            expired = []
+            for job_id in map(_text, ids):
+                job = self.fetch(job_id, with_result=False)
+                if job is None:
+                    expired.append(_arg(job_id))
+                else:
+                    found.append(job)
+            if expired:
+                self.connection.zrem(index, *expired)
+                start -= len(expired)
+        return found
 
     def fetch(
         self, job_id: str, *, with_inputs: bool = False, with_result: bool = True
@@ -304,6 +338,7 @@ class JobStore:
             output_uri=_text(record["output_uri"]) or None,
             result_uri=_text(record["result_uri"]) or None,
             errors_total=int(record["errors_total"] or 0),
+            submitted_by=_text(record["submitted_by"]),
         )
 
     def is_expired(self, job_id: str) -> bool:
@@ -538,6 +573,7 @@ _SMALL_FIELDS = (
     "output_uri",
     "result_uri",
     "errors_total",
+    "submitted_by",
 )
 
 

@@ -368,6 +368,9 @@ class Stack:
                     self.function_url("batch_submit"),
                     "--batch-status",
                     self.function_url("batch_status"),
+                    # The one spec: served as /openapi.json and rendered at /docs.
+                    "--openapi",
+                    str(self.root / "openapi.yaml"),
                 ],
                 ready=lambda: http_ok(f"{self.gateway_url}/healthz"),
                 ready_timeout=30,

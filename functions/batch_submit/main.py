@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import functions_framework
 from flask import Request, Response
+from werkzeug.exceptions import HTTPException
 
-from nimbus import api
+from nimbus import api, http
 from nimbus.clients import Clients
 from nimbus.logs import configure_logging
 
 clients = Clients()
 configure_logging(clients.settings.log_level)
+functions_framework.errorhandler(HTTPException)(http.http_exception_response)
 
 
 @functions_framework.http
@@ -39,6 +41,6 @@ def batch_submit(request: Request) -> Response:
     job_id = api.job_id_from_path(request.path)
     if job_id is not None:
         routes[request.path.rstrip("/")] = {
-            "DELETE": lambda: api.cancel_batch(job_id, clients.job_store)
+            "DELETE": lambda: api.cancel_batch(request, job_id, clients.job_store)
         }
-    return api.dispatch(request, routes)
+    return api.dispatch(request, routes, clients.gate)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import functions_framework
 from flask import Request, Response
+from werkzeug.exceptions import HTTPException
 
-from nimbus import api
+from nimbus import api, http
 from nimbus.clients import Clients
 from nimbus.logs import configure_logging
 
 clients = Clients()
 configure_logging(clients.settings.log_level)
+functions_framework.errorhandler(HTTPException)(http.http_exception_response)
 
 
 @functions_framework.http
@@ -26,4 +28,5 @@ def predict(request: Request) -> Response:
             "/v1/predict": {"POST": lambda: api.predict(request, registry, clients.settings)},
             "/ready": {"GET": lambda: api.predict_ready(registry)},
         },
+        clients.gate,
     )

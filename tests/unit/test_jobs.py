@@ -379,4 +379,8 @@ def test_jobs_live_under_the_prefix(redis_connection: redis.Redis) -> None:
     job_id = store.create(IRIS).id
 
     assert store.key_for(job_id) == f"test:job:{job_id}"
-    assert sorted(redis_connection.keys("*")) == [f"test:job:{job_id}".encode(), b"test:pending"]
+    assert sorted(redis_connection.keys("*")) == [
+        f"test:job:{job_id}".encode(),
+        b"test:pending",
+        b"test:recent:anonymous",  # the submitter's recent jobs (GET /v1/batch)
+    ]

@@ -8,7 +8,10 @@
 //
 //	{"error": {"code": "<machine_word>", "message": "<what is wrong and what to do>"}}
 //
-// Every request gets one Cloud Logging style JSON line on stderr.
+// Every request gets one Cloud Logging style JSON line on stderr, and counts
+// in the Prometheus series at GET /metrics. The gateway also serves the API's
+// OpenAPI document (GET /openapi.json, from --openapi), a page rendering it
+// (GET /docs) and the jobs page (GET /ui).
 package main
 
 import (
@@ -49,10 +52,16 @@ var routes = []route{
 	{method: http.MethodGet, pattern: "/", upstream: "predict"},
 	{method: http.MethodPost, pattern: "/v1/predict", upstream: "predict"},
 	{method: http.MethodPost, pattern: "/v1/batch", upstream: "batch_submit"},
+	{method: http.MethodGet, pattern: "/v1/batch", upstream: "batch_status"}, // the caller's recent jobs
 	{method: http.MethodGet, pattern: "/v1/batch/{job_id}", upstream: "batch_status"},
 	{method: http.MethodDelete, pattern: "/v1/batch/{job_id}", upstream: "batch_submit"}, // cancel: batch_submit owns job writes
 	{method: http.MethodGet, pattern: "/ready", local: (*gateway).ready},
 	{method: http.MethodGet, pattern: "/healthz", local: (*gateway).healthz},
+	{method: http.MethodGet, pattern: "/metrics", local: (*gateway).serveMetrics},
+	{method: http.MethodGet, pattern: "/openapi.json", local: (*gateway).openapi},
+	{method: http.MethodGet, pattern: "/docs", local: page("docs.html")},
+	{method: http.MethodGet, pattern: "/ui", local: page("ui.html")},
+	{method: http.MethodGet, pattern: "/ui/{file}", local: (*gateway).uiAsset},
 }
 
 // upstreamNames is the order upstreams are listed in logs and /ready.
@@ -67,6 +76,7 @@ type config struct {
 	readyTimeout    time.Duration     // per-function bound for GET /ready
 	shutdownTimeout time.Duration
 	accessLog       bool
+	openapi         string // path of openapi.yaml, served as /openapi.json; "" for none
 }
 
 func defaultConfig() config {
@@ -100,6 +110,7 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&cfg.readyTimeout, "ready-timeout", cfg.readyTimeout, "bound for each function's GET /ready during GET /ready")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", cfg.shutdownTimeout, "how long in-flight requests may finish after SIGINT/SIGTERM")
 	fs.BoolVar(&cfg.accessLog, "access-log", cfg.accessLog, "log one JSON line per request to stderr")
+	fs.StringVar(&cfg.openapi, "openapi", cfg.openapi, "the API's OpenAPI document (openapi.yaml), served as /openapi.json and at /docs")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: nimbus-gateway [flags]\n\nThe local stand-in for API Gateway in front of the Nimbus functions.\n\n")
 		fs.PrintDefaults()
@@ -140,11 +151,20 @@ type gateway struct {
 	upstreams []*upstream // in upstreamNames order
 	transport *http.Transport
 	log       *jsonLogger
-	notFound  string // the message of a 404
+	notFound  string   // the message of a 404
+	spec      []byte   // the OpenAPI document as JSON, nil without --openapi
+	metrics   *metrics // the series GET /metrics answers
 }
 
 func newGateway(cfg config, logger *jsonLogger) (*gateway, error) {
-	g := &gateway{cfg: cfg, log: logger}
+	g := &gateway{cfg: cfg, log: logger, metrics: newMetrics()}
+	if cfg.openapi != "" {
+		spec, err := loadSpec(cfg.openapi)
+		if err != nil {
+			return nil, err
+		}
+		g.spec = spec
+	}
 	g.transport = &http.Transport{
 		Proxy: nil, // never send local traffic through an HTTP(S)_PROXY
 		DialContext: (&net.Dialer{
@@ -215,10 +235,11 @@ func (g *gateway) newProxy(up *upstream) *httputil.ReverseProxy {
 			// traceparent, tracestate and X-Cloud-Trace-Context are
 			// end-to-end headers: ReverseProxy passes them on as they are.
 		},
-		Transport:    g.transport,
-		BufferPool:   bufferPool{},
-		ErrorHandler: g.proxyError(up),
-		ErrorLog:     log.New(g.log.writer("WARNING"), "", 0),
+		Transport:      g.transport,
+		BufferPool:     bufferPool{},
+		ModifyResponse: g.metrics.countModel,
+		ErrorHandler:   g.proxyError(up),
+		ErrorLog:       log.New(g.log.writer("WARNING"), "", 0),
 	}
 }
 
@@ -238,15 +259,18 @@ func (g *gateway) proxyError(up *upstream) func(http.ResponseWriter, *http.Reque
 			// The client went away; nobody reads this answer.
 			status, code, msg = 499, "client_closed_request", "the client closed the request before the function answered"
 		case isDialError(err):
+			g.metrics.upErrors.WithLabelValues(up.name, "unavailable").Inc()
 			status, code = http.StatusServiceUnavailable, "upstream_unavailable"
 			msg = fmt.Sprintf("the %s function at %s is not reachable; start it (nimbus up) or check the gateway's --%s flag, then retry",
 				up.name, up.base.Redacted(), strings.ReplaceAll(up.name, "_", "-"))
 			w.Header().Set("Retry-After", "1")
 		case isTimeout(err):
+			g.metrics.upErrors.WithLabelValues(up.name, "timeout").Inc()
 			status, code = http.StatusGatewayTimeout, "upstream_timeout"
 			msg = fmt.Sprintf("the %s function did not answer within %s; retry, or look at the function's log for what blocks it",
 				up.name, g.cfg.upstreamTimeout)
 		default:
+			g.metrics.upErrors.WithLabelValues(up.name, "error").Inc()
 			status, code = http.StatusBadGateway, "upstream_error"
 			msg = fmt.Sprintf("the %s function broke off the exchange (%s); retry, or look at the function's log", up.name, errSummary(err))
 		}
@@ -284,6 +308,28 @@ func errSummary(err error) string {
 // ServeHTTP routes a request: a matching route's handler, else 405 when the
 // path exists with other methods, else 404.
 func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rec, ok := w.(*statusRecorder)
+	if !ok {
+		rec = &statusRecorder{ResponseWriter: w}
+	}
+	route := unmatchedRoute
+	g.metrics.inFlight.Inc()
+	// Deferred so a request the proxy aborts (panic ErrAbortHandler) counts too.
+	defer func() {
+		g.metrics.inFlight.Dec()
+		status := rec.status
+		if status == 0 {
+			status = http.StatusOK
+		}
+		g.metrics.observe(route, r.Method, status, time.Since(start))
+	}()
+	g.route(rec, r, &route)
+}
+
+// route answers r with the matching route's handler and sets *pattern to the
+// route's pattern (for the metrics' route label).
+func (g *gateway) route(w http.ResponseWriter, r *http.Request, pattern *string) {
 	path := r.URL.EscapedPath()
 	pathKnown := false
 	for i := range g.routes {
@@ -292,12 +338,14 @@ func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		if r.Method == cr.method || (r.Method == http.MethodHead && cr.method == http.MethodGet) {
+			*pattern = cr.pattern
 			cr.handler.ServeHTTP(w, r)
 			return
 		}
 		pathKnown = true
 	}
 	if pathKnown {
+		*pattern = g.firstPattern(path)
 		allow := g.allowed(path)
 		w.Header().Set("Allow", allow)
 		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed",
@@ -305,6 +353,16 @@ func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeError(w, http.StatusNotFound, "not_found", "no route for "+r.Method+" "+path+g.notFound)
+}
+
+// firstPattern is the pattern of the first route matching path.
+func (g *gateway) firstPattern(path string) string {
+	for i := range g.routes {
+		if g.routes[i].match(path) {
+			return g.routes[i].pattern
+		}
+	}
+	return unmatchedRoute
 }
 
 // allowed lists the methods the routes matching path accept, for Allow.
