@@ -30,6 +30,7 @@ HEALTH_BODY = {"status": "NimbusAPI is running."}
 # Model inputs are objects of numbers (depth 1) or lists of them (2); orjson itself stops at 1024.
 DEFAULT_MAX_DEPTH = 32
 
+
 def _unavailable() -> tuple[type[BaseException], ...]:
     """Redis' connection errors, the ones a caller can do something about (retry later), so
     they become 503s. Looked up when an error is handled, not imported: predict never uses
