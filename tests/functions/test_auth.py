@@ -293,3 +293,13 @@ def test_the_trace_travels_in_the_pubsub_message(keyed, stack: Stack):
     finally:
         subscriber.delete_subscription(subscription=subscription)
         subscriber.close()
+
+
+def test_the_gateway_routes_the_list_to_batch_status(stack: Stack):
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{stack.gateway_url}/v1/batch?limit=5", timeout=30) as response:
+        body = json.loads(response.read())
+
+    assert isinstance(body["jobs"], list) and len(body["jobs"]) <= 5

@@ -94,3 +94,17 @@ def test_trace_field_names_the_project():
         "logging.googleapis.com/trace": f"projects/p1/traces/{TRACE}"
     }
     assert trace_field("p1", None) == {}
+
+
+def test_nimbus_keys_new_prints_a_key_and_the_entry_that_accepts_it():
+    from click.testing import CliRunner
+
+    from nimbus.cli import main
+
+    result = CliRunner().invoke(main, ["keys", "new", "alice"])
+
+    assert result.exit_code == 0, result.output
+    lines = dict(line.split(":", 1) for line in result.stdout.splitlines() if ":" in line)
+    key, entry = lines["key"].strip(), lines["entry"].strip()
+    assert ApiKeys.parse(entry).name_for(key) == "alice"
+    assert CliRunner().invoke(main, ["keys", "new", "not a name"]).exit_code == 2
