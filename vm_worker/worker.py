@@ -348,9 +348,14 @@ class Worker:
     def _reopen(self, name: str) -> futures.Future[Any] | None:
         """Re-create missing topics and subscriptions, then pull `name` again; None if that
         failed (Pub/Sub still down): the caller tries again later."""
-        try:
-            if self.topology is not None:
+        if self.topology is not None:
+            # Locally an emulator restart loses every topic and subscription; in the cloud
+            # deploy/pubsub.sh made them and this account may not create any: say so, pull.
+            try:
                 self.topology()
+            except Exception as exc:
+                logger.warning("topics and subscriptions not checked: %s", exc)
+        try:
             pull = self._pull_jobs() if name == "jobs" else self._pull_dead_letters()
         except Exception as exc:
             logger.warning("pull of %s not reopened yet: %s", name, exc)
