@@ -145,9 +145,27 @@ def test_a_broken_version_leaves_the_old_one_serving(lifecycle_stack: Stack):
     wait_for_version(stack, "2")
 
 
+def wait_for_every_component(stack: Stack, version: str, timeout: float = 15) -> None:
+    """Until predict and every worker serve `version` (`nimbus model list`); each process
+    polls the alias on its own, so one serving it says nothing of the others."""
+    deadline = time.monotonic() + timeout  # worker heartbeats come every 5 s
+    while True:
+        listing = nimbus(stack, "model", "list", "iris")
+        served = [
+            line for line in listing.splitlines() if line.strip().startswith(("predict", "worker"))
+        ]
+        if len(served) == 3 and all(line.endswith(f"iris/{version}") for line in served):
+            return
+        assert time.monotonic() < deadline, listing
+        time.sleep(1)
+
+
 def test_predictions_continue_while_the_registry_is_down(lifecycle_stack: Stack):
     stack = lifecycle_stack
     wait_for_version(stack, "2")
+    # The batch below must run on version 2: the workers too must have moved before the
+    # registry goes away, or they keep the version they had (which is the point of the test).
+    wait_for_every_component(stack, "2")
     stack.service("mlflow").stop()
     try:
         time.sleep(SWAP_DEADLINE)
