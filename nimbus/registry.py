@@ -25,14 +25,17 @@ Methods here raise without logging; the watcher logs a failure once, not on ever
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
+import select
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -284,7 +287,8 @@ class ModelRegistry:
         `nimbus.linear` predicts identically.
         """
         started = time.monotonic()
-        if self.serving and "mlflow" not in sys.modules:
+        isolated = self.serving and "mlflow" not in sys.modules
+        if isolated:
             self._prepare_in_child(ref)
         try:
             model_dir, downloaded = self._local_copy(ref)
@@ -306,6 +310,8 @@ class ModelRegistry:
             schema=schema,
             is_classifier=classifier,
         )
+        if isolated and "mlflow" not in sys.modules:
+            self._loader.start()  # warm for the next version, in the background
         logger.info(
             "loaded %s version %s (%s) in %.2fs",
             ref.name, ref.version, source, time.monotonic() - started,
@@ -313,38 +319,39 @@ class ModelRegistry:
         return model
 
     def _prepare_in_child(self, ref: ModelRef) -> None:
-        """Download the version and write its fast form in a child process, when the cache
+        """Download the version and write its fast form in the loader process, when the cache
         has no fast form of it yet.
 
         Loading through MLflow imports MLflow, skops and scikit-learn, which stay in memory
         for the life of the process (about 200 MiB, and every garbage collection walks their
         objects), all to end up with a few numbers when the model is linear. A serving
-        process (`serving=True`) has a child do that work; it then loads the fast form
-        itself. Best effort: when the child fails or the model has no fast form, the load
+        process (`serving=True`) has a child process (`_LoaderProcess`) do that work; it
+        then loads the fast form itself. The child is started after the first load and keeps
+        those imports warm, so a hot swap costs a download and a load, not seconds of
+        imports. Best effort: when the child fails or the model has no fast form, the load
         goes on in this process, which reports any error as it would have.
         """
         folder = self._cached_folder(ref)
         if folder is not None and self._fast_manifest(folder) is not None:
             return
         started = time.monotonic()
-        argv = [sys.executable, "-c", _PREPARE_CHILD, self.client.tracking_uri, ref.name,
-                ref.version, str(self.cache_dir)]  # fmt: skip
-        try:
-            done = subprocess.run(argv, capture_output=True, timeout=600, check=False)
-        except (OSError, subprocess.SubprocessError) as error:
-            logger.warning("preparing version %s in a child failed: %s", ref.version, error)
-            return
-        if done.returncode != 0:
-            tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["-"]
+        problem = self._loader.prepare(ref)
+        if problem is not None:
             logger.warning(
-                "preparing %s version %s in a child failed (exit %s): %s; loading it here",
-                ref.name, ref.version, done.returncode, tail[0][:300],
+                "preparing %s version %s in the loader process failed (%s); loading it here",
+                ref.name, ref.version, problem[:300],
             )  # fmt: skip
             return
         logger.info(
-            "prepared %s version %s in a child process in %.2fs",
+            "prepared %s version %s in the loader process in %.2fs",
             ref.name, ref.version, time.monotonic() - started,
         )  # fmt: skip
+
+    @functools.cached_property
+    def _loader(self) -> _LoaderProcess:
+        loader = _LoaderProcess(self.client.tracking_uri, self.cache_dir)
+        weakref.finalize(self, loader.close)
+        return loader
 
     def _load_with_mlflow(self, ref: ModelRef, folder: Path) -> tuple[Any, InputSchema, bool]:
         import mlflow.sklearn
@@ -553,18 +560,86 @@ class ModelRegistry:
         )
 
 
-# The child of `ModelRegistry._prepare_in_child`: download and load one version through
-# MLflow, which writes its fast form into the cache. argv: tracking URI, name, version, cache.
-_PREPARE_CHILD = """
-import sys
+class _LoaderProcess:
+    """A child process that imports MLflow once, then downloads and loads the versions it is
+    sent (one JSON line each), leaving their fast forms in the cache; it answers `ok` or the
+    error on one line. It ends when its stdin closes, i.e. with the process that started it."""
+
+    def __init__(self, tracking_uri: str, cache_dir: Path) -> None:
+        self._argv = [sys.executable, "-c", _LOADER_CHILD, tracking_uri, str(cache_dir)]
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the child if it is not running; returns at once (it imports on its own)."""
+        with self._lock:
+            self._running()
+
+    def prepare(self, ref: ModelRef, *, timeout: float = 600.0) -> str | None:
+        """Have the child load `ref`; None when it did, else what went wrong."""
+        with self._lock:
+            try:
+                process = self._running()
+                assert process.stdin is not None and process.stdout is not None
+                process.stdin.write(json.dumps([ref.name, ref.version]).encode() + b"\n")
+                process.stdin.flush()
+                ready, _, _ = select.select([process.stdout], [], [], timeout)
+                line = process.stdout.readline().decode(errors="replace").strip() if ready else ""
+            except OSError as error:
+                line = f"error {type(error).__name__}: {error}"
+            if line == "ok":
+                return None
+            if not line.startswith("error "):  # no answer: the child died or hangs
+                self._stop()
+                return line or "the loader process gave no answer"
+            return line.removeprefix("error ")
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+    def _running(self) -> subprocess.Popen[bytes]:
+        process = self._process
+        if process is None or process.poll() is not None:
+            process = subprocess.Popen(
+                self._argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+            self._process = process
+        return process
+
+    def _stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+# The loader child: MLflow's imports first (what makes a cold load slow), then one version
+# per line of stdin. argv: tracking URI, cache folder.
+_LOADER_CHILD = """
+import json, sys
 from pathlib import Path
 from nimbus.registry import ModelRef, ModelRegistry, RestRegistryClient
-uri, name, version, cache = sys.argv[1:5]
+uri, cache = sys.argv[1:3]
 if uri.startswith(("http://", "https://")):
     client = RestRegistryClient(uri)
 else:
     from mlflow import MlflowClient
     client = MlflowClient(tracking_uri=uri)
-registry = ModelRegistry(client, f"models:/{name}/{version}", cache_dir=Path(cache))
-registry.load(ModelRef(name, version))
+import mlflow.artifacts, mlflow.models, mlflow.sklearn, sklearn.base
+for line in sys.stdin:
+    try:
+        name, version = json.loads(line)
+        ModelRegistry(client, f"models:/{name}/{version}", cache_dir=Path(cache)).load(
+            ModelRef(name, version)
+        )
+    except Exception as error:
+        answer = " ".join(f"error {type(error).__name__}: {error}".split())[:500]
+    else:
+        answer = "ok"
+    sys.stdout.write(answer + "\\n")
+    sys.stdout.flush()
 """
