@@ -284,7 +284,9 @@ def raw_request(port: int, head: bytes, body: bytes = b"", *, timeout: float = 1
                     break
                 if length is None and rest.endswith(b"0\r\n\r\n"):
                     break
-        connection.shutdown(socket.SHUT_RDWR)
+        # The server may have closed its end already (it answered before the body ended).
+        with contextlib.suppress(OSError):
+            connection.shutdown(socket.SHUT_RDWR)
         sender.join(timeout)
         return received
 
