@@ -318,7 +318,7 @@ class Stack:
             ),
             env,
         )
-        with _environment(env):
+        with environment(env):
             from nimbus.bus import ensure_topology
 
             ensure_topology(s)
@@ -544,7 +544,7 @@ def _redis_pong(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def _environment(env: Mapping[str, str]) -> Iterator[None]:
+def environment(env: Mapping[str, str]) -> Iterator[None]:
     """Run a block with os.environ set to `env` (the client libraries read it at construction)."""
     saved = dict(os.environ)
     os.environ.clear()

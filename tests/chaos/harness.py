@@ -24,7 +24,7 @@ from sklearn.datasets import load_iris
 
 from nimbus.bus import JobBus, ensure_topology, new_publisher
 from nimbus.jobs import JobStore
-from nimbus.stack import Service, Stack
+from nimbus.stack import Service, Stack, environment
 
 TERMINAL = {"SUCCESS", "FAILURE", "REVOKED"}
 FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
@@ -39,19 +39,6 @@ def job_items(number: int, size: int) -> list[dict[str, float]]:
     """Job `number`'s items: `size` flowers starting at a different one for each job."""
     rows = iris_rows()
     return [rows[(number + offset) % len(rows)] for offset in range(size)]
-
-
-@contextlib.contextmanager
-def environment(env: dict[str, str]) -> Iterator[None]:
-    """Run a block with os.environ set to `env`: the Google clients read it when built."""
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def wait_until(
