@@ -127,6 +127,8 @@ def predict(request: Request, registry: ModelRegistry, settings: Settings) -> Re
 
 def _flag(request: Request, name: str) -> bool:
     """A yes/no query parameter: true/1/yes or false/0/no (absent: false); else a 400."""
+    if not request.environ.get("QUERY_STRING"):
+        return False  # the usual request: no query string to parse
     raw = request.args.get(name)
     if raw is None:
         return False

@@ -17,7 +17,7 @@ from flask import Request, Response
 from nimbus.auth import ApiKeys, presented_key
 from nimbus.errors import PayloadTooLarge, TooManyRequests, Unauthorized
 from nimbus.http import error_response, read_body, too_large_message
-from nimbus.logs import request_fields
+from nimbus.logs import log_line, request_fields
 from nimbus.ratelimit import RateLimiter
 from nimbus.tracing import parse_cloud_trace_context, parse_traceparent, trace_field
 
@@ -48,34 +48,39 @@ class Gate:
         """Run `route` (which answers errors itself) and log the request's line."""
         started = time.perf_counter()
         trace = trace_field(self.project, trace_id(request))
-        with request_fields(dict(trace)):
-            response = route()
-            response = self._unread_body_backstop(request, response)
-            latency_ms = round((time.perf_counter() - started) * 1000, 2)
-            job_id = job_id or _job_id_from_location(response)
-            logger.info(
-                "%s %s %d",
-                request.method,
-                request.path[:_MAX_LOGGED_PATH],
-                response.status_code,
-                extra={
-                    "method": request.method,
-                    "path": request.path[:_MAX_LOGGED_PATH],
-                    "status": response.status_code,
-                    "latency_ms": latency_ms,
-                    "key": request.remote_user,
-                    **({"job_id": job_id} if job_id else {}),
-                    **trace,
-                    "httpRequest": {
-                        "requestMethod": request.method,
-                        "requestUrl": request.path[:_MAX_LOGGED_PATH],
-                        "status": response.status_code,
-                        "latency": f"{latency_ms / 1000:.6f}s",
-                        "remoteIp": client_address(request),
-                    },
-                },
-            )
+        if trace:
+            with request_fields(trace):
+                response = self._serve(request, route)
+        else:
+            response = self._serve(request, route)
+        latency_ms = round((time.perf_counter() - started) * 1000, 2)
+        if job_id is None and response.status_code == 202:
+            job_id = _job_id_from_location(response)
+        path = request.path[:_MAX_LOGGED_PATH]
+        method = request.method
+        status = response.status_code
+        fields = {
+            "method": method,
+            "path": path,
+            "status": status,
+            "latency_ms": latency_ms,
+            "key": request.environ.get("REMOTE_USER"),
+        }
+        if job_id:
+            fields["job_id"] = job_id
+        fields.update(trace)
+        fields["httpRequest"] = {
+            "requestMethod": method,
+            "requestUrl": path,
+            "status": status,
+            "latency": f"{latency_ms / 1000:.6f}s",
+            "remoteIp": client_address(request),
+        }
+        log_line(logger, f"{method} {path} {status}", fields)
         return response
+
+    def _serve(self, request: Request, route: Callable[[], Response]) -> Response:
+        return self._unread_body_backstop(request, route())
 
     def admit(self, request: Request, *, public: bool) -> None:
         """Raise the 413, 401 or 429 this request gets before its handler runs."""
@@ -120,8 +125,9 @@ class Gate:
 
 def trace_id(request: Request) -> str | None:
     """The request's trace id, from `traceparent` (W3C) or `X-Cloud-Trace-Context`."""
-    return parse_traceparent(request.headers.get("traceparent")) or parse_cloud_trace_context(
-        request.headers.get("X-Cloud-Trace-Context")
+    environ = request.environ  # the WSGI names of the two headers: a dict lookup each
+    return parse_traceparent(environ.get("HTTP_TRACEPARENT")) or parse_cloud_trace_context(
+        environ.get("HTTP_X_CLOUD_TRACE_CONTEXT")
     )
 
 
@@ -140,10 +146,10 @@ def traceparent(request: Request) -> str | None:
 def client_address(request: Request) -> str:
     """The caller's address: the last X-Forwarded-For hop (added by the proxy in front,
     which a caller cannot forge), else the peer address."""
-    forwarded = request.headers.get("X-Forwarded-For", "")
+    forwarded = request.environ.get("HTTP_X_FORWARDED_FOR")
     if forwarded:
         return forwarded.rsplit(",", 1)[-1].strip()[:64]
-    return request.remote_addr or "unknown"
+    return request.environ.get("REMOTE_ADDR") or "unknown"
 
 
 def _job_id_from_location(response: Response) -> str | None:

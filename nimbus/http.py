@@ -45,7 +45,7 @@ def _unavailable() -> tuple[type[BaseException], ...]:
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A JSON response encoded with orjson (numpy scalars included)."""
     payload = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-    response = Response(payload, status=status, mimetype="application/json")
+    response = Response(payload, status, content_type="application/json")
     if headers:
         response.headers.update(headers)
     return response
@@ -79,8 +79,10 @@ def read_json(request: Request, *, max_bytes: int, max_depth: int = DEFAULT_MAX_
     Besides the size, it refuses what a JSON parser would quietly accept: nesting deeper than
     `max_depth`, and an object that names a key twice (orjson would keep the last one).
     """
-    mimetype = request.mimetype
-    # A missing Content-Type is accepted (clients that send bytes as they are); a wrong one is not.
+    # A missing Content-Type is accepted (clients that send bytes as they are); a wrong one is
+    # not. The usual one is compared as it is; anything else is parsed (parameters, case).
+    content_type = request.environ.get("CONTENT_TYPE")
+    mimetype = "" if content_type == "application/json" else request.mimetype
     if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
         raise UnsupportedMediaType(
             f"Content-Type {mimetype!r} is not supported: send the body as JSON with "

@@ -145,11 +145,32 @@ class InputSchema:
 
     def row_to_matrix(self, item: object) -> np.ndarray:
         """Validate one object (the predict body) into a 1-row matrix; problems carry no index."""
-        problems = _Problems(limit=self.width * 2 + 1)
-        values = self._item_values(item, None, problems)
-        if problems.total:
-            raise self._failure(problems, batch=False)
+        values = self._fast_values(item)
+        if values is None:
+            problems = _Problems(limit=self.width * 2 + 1)
+            values = self._item_values(item, None, problems)
+            if problems.total:
+                raise self._failure(problems, batch=False)
         return np.array([values], dtype=np.float64)
+
+    def _fast_values(self, item: object) -> list[Any] | None:
+        """A well-formed object's values in column order (exactly the fields, every one a
+        finite int or float), checked in a few steps; None sends it to `_item_values`, which
+        finds and names the problems (and checks integer columns)."""
+        if type(item) is not dict or len(item) != self.width:
+            return None
+        if not self._all_required or self._integer_positions:
+            return None
+        try:
+            values = [item[name] for name in self.names]
+            for value in values:  # exactly int and float: a bool is an int, and refused
+                if (type(value) is not float and type(value) is not int) or not math.isfinite(
+                    value
+                ):
+                    return None
+        except (KeyError, OverflowError):  # a missing field; an int beyond float range
+            return None
+        return values
 
     def rows_to_matrix(self, rows: object, *, max_problems: int = 50) -> np.ndarray:
         """Validate a list of objects into an (items x columns) float64 matrix.

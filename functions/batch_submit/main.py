@@ -9,10 +9,10 @@ from werkzeug.exceptions import HTTPException
 
 from nimbus import api, http
 from nimbus.clients import Clients
-from nimbus.logs import configure_logging
+from nimbus.logs import FUNCTION_BUFFER_SECONDS, configure_logging
 
 clients = Clients()
-configure_logging(clients.settings.log_level)
+configure_logging(clients.settings.log_level, buffer_seconds=FUNCTION_BUFFER_SECONDS)
 functions_framework.errorhandler(HTTPException)(http.http_exception_response)
 
 

@@ -7,11 +7,13 @@ import json
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from nimbus.errors import BadRequest, ValidationFailed
-from nimbus.schema import Column, InputSchema
+from nimbus.schema import Column, InputSchema, _Problems
 
 IRIS = ModelSignature(
     inputs=Schema(
@@ -205,3 +207,28 @@ def test_a_large_batch_is_validated_in_one_pass(iris: InputSchema):
     assert problems_of(error) == [
         {"item": 99_999, "field": "petal_width", "problem": "must be a number"}
     ]
+
+
+_VALUES = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(10**400), max_value=10**400),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=3),
+)
+_NAMES = st.sampled_from([*SETOSA, "species", ""])
+
+
+@settings(deadline=None)  # a first example pays for imports; this test checks answers
+@given(item=st.dictionaries(_NAMES, _VALUES, max_size=6))
+def test_the_one_row_fast_path_agrees_with_the_item_by_item_check(item: dict[str, object]):
+    iris = InputSchema.from_signature(IRIS)
+    problems = _Problems(limit=100)
+    slow = iris._item_values(item, None, problems)
+
+    if problems.total:
+        with pytest.raises(ValidationFailed):
+            iris.row_to_matrix(item)
+        assert iris._fast_values(item) is None
+    else:
+        assert iris.row_to_matrix(item).tolist() == [slow]
