@@ -19,6 +19,7 @@ loads a model without importing scikit-learn, skops or MLflow.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,22 @@ class LinearPredictor:
         self.n_features_in_ = int(coef.shape[-1])
         if classes is not None:
             self.classes_ = classes
+        # The same numbers as Python floats, for `predict_row`.
+        self._rows: list[list[float]] = (
+            coef.reshape(-1, self.n_features_in_).astype(np.float64).tolist()
+            if kind == CLASSIFIER
+            else []
+        )
+        self._offsets: list[float] = (
+            np.broadcast_to(np.asarray(intercept, dtype=np.float64), (len(self._rows),)).tolist()
+            if kind == CLASSIFIER
+            else []
+        )
+        self._labels: list[Any] = classes.tolist() if classes is not None else []
+        # A sum of n products computed in any order is within n·u·Σ|terms| of the exact sum
+        # (u = 2**-53; Higham, Accuracy and Stability of Numerical Algorithms, §3.1). Twice
+        # that, for the two sums compared, with room to spare.
+        self._rounding = 8 * (self.n_features_in_ + 2) * 2.0**-53
 
     @property
     def is_classifier(self) -> bool:
@@ -108,6 +125,43 @@ class LinearPredictor:
         # Two classes: one score, positive for classes_[1]; more: the highest score.
         indices = (scores > 0).astype(np.intp) if scores.ndim == 1 else scores.argmax(axis=1)
         return self.classes_.take(indices, axis=0)
+
+    def predict_row(self, values: list[float]) -> Any | None:
+        """A classifier's label for one row, computed with Python floats when the answer is
+        certain, else None (then `predict` decides).
+
+        For one row, numpy's call overhead is most of the work. The scores here are summed in
+        another order than the BLAS product `predict` uses, so they may differ from its scores
+        in the last bits; the label is returned only when the winning score leads every other
+        by more than both sums' worst rounding error, which makes it the label `predict` (and
+        scikit-learn) gives. A near tie, or a score that overflows, is left to `predict`.
+        """
+        if self.kind != CLASSIFIER or len(values) != self.n_features_in_:
+            return None
+        scores = []
+        bounds = []
+        for weights, offset in zip(self._rows, self._offsets, strict=True):
+            score = offset
+            size = abs(offset)
+            for value, weight in zip(values, weights, strict=True):
+                term = value * weight
+                score += term
+                size += abs(term)
+            scores.append(score)
+            bounds.append(size * self._rounding)
+        if len(scores) == 1:  # two classes: the sign of one score picks classes_[1] or [0]
+            score, bound = scores[0], bounds[0]
+            if not abs(score) > bound or not math.isfinite(bound):
+                return None
+            return self._labels[1] if score > 0 else self._labels[0]
+        best = max(range(len(scores)), key=scores.__getitem__)
+        top, top_bound = scores[best], bounds[best]
+        if not math.isfinite(top_bound):
+            return None
+        for index, score in enumerate(scores):
+            if index != best and not top - score > top_bound + bounds[index]:
+                return None
+        return self._labels[best]
 
     def predict_proba(self, matrix: np.ndarray) -> np.ndarray:
         if self.kind != CLASSIFIER:

@@ -184,6 +184,12 @@ class LoadedModel:
     def ref(self) -> ModelRef:
         return ModelRef(self.name, self.version)
 
+    def predict_row(self, values: list[float]) -> int | float | str | None:
+        """One row's prediction without numpy when the model can give it certainly (a linear
+        classifier: `LinearPredictor.predict_row`), else None: then use `predict`."""
+        predict_row = getattr(self.estimator, "predict_row", None)
+        return None if predict_row is None else predict_row(values)
+
     def predict(self, matrix: np.ndarray) -> list[int | float]:
         """Predictions for the matrix's rows as plain Python values, in one estimator call."""
         if len(matrix) == 0:

@@ -145,7 +145,7 @@ class InputSchema:
 
     def row_to_matrix(self, item: object) -> np.ndarray:
         """Validate one object (the predict body) into a 1-row matrix; problems carry no index."""
-        values = self._fast_values(item)
+        values = self.fast_values(item)
         if values is None:
             problems = _Problems(limit=self.width * 2 + 1)
             values = self._item_values(item, None, problems)
@@ -153,7 +153,7 @@ class InputSchema:
                 raise self._failure(problems, batch=False)
         return np.array([values], dtype=np.float64)
 
-    def _fast_values(self, item: object) -> list[Any] | None:
+    def fast_values(self, item: object) -> list[Any] | None:
         """A well-formed object's values in column order (exactly the fields, every one a
         finite int or float), checked in a few steps; None sends it to `_item_values`, which
         finds and names the problems (and checks integer columns)."""

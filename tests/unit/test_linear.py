@@ -114,3 +114,59 @@ def test_wrong_width_is_a_value_error() -> None:
     assert predictor is not None
     with pytest.raises(ValueError, match="features"):
         predictor.predict(np.zeros((1, 3)))
+
+
+def _near_ties(estimator: LogisticRegression, train: np.ndarray, seed: int) -> np.ndarray:
+    """Rows on (or a hair off) a decision boundary: where two scores tie to the last bits."""
+    rng = np.random.default_rng(seed)
+    coef = np.atleast_2d(estimator.coef_)
+    intercept = np.atleast_1d(estimator.intercept_)
+    rows = []
+    for row in train[rng.choice(len(train), 300)]:
+        # Move the row along the line between two classes' weight vectors until they tie.
+        a, b = rng.choice(len(coef), 2, replace=False) if len(coef) > 1 else (0, 0)
+        direction = coef[a] - coef[b] if len(coef) > 1 else coef[0]
+        gap = (row @ direction) + (intercept[a] - intercept[b] if len(coef) > 1 else intercept[0])
+        on_boundary = row - gap * direction / (direction @ direction)
+        for nudge in (0.0, 1e-15, -1e-15, 1e-12, 1e-9):
+            rows.append(on_boundary + nudge * direction)
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("name, estimator, train", _classifiers(), ids=lambda v: str(v)[:20])
+def test_one_row_in_python_is_scikit_learns_label_or_nothing(
+    name: str, estimator: LogisticRegression, train: np.ndarray
+) -> None:
+    predictor = LinearPredictor.from_estimator(estimator)
+    assert predictor is not None
+    ordinary = _inputs(train, seed=len(name))
+    ties = _near_ties(estimator, train, seed=len(name))
+    answered = {"ordinary": 0, "ties": 0}
+    for kind, matrix in (("ordinary", ordinary), ("ties", ties)):
+        expected = estimator.predict(matrix).tolist()
+        for row, label in zip(matrix.tolist(), expected, strict=True):
+            fast = predictor.predict_row(row)
+            if fast is not None:
+                assert fast == label and type(fast) is type(label), (row, fast, label)
+                answered[kind] += 1
+    assert answered["ordinary"] > 0.99 * len(ordinary)  # the fast answer is the usual one
+    assert answered["ties"] < len(ties)  # and near a tie, predict decides
+    assert predictor.predict_row([1.0] * (predictor.n_features_in_ - 1)) is None
+
+
+def test_scores_past_the_float_range_get_no_one_row_answer() -> None:
+    predictor = LinearPredictor(
+        "classifier", np.array([[2.0, 2.0], [1.0, -1.0], [0.0, 1.0]]), np.zeros(3), np.arange(3)
+    )
+    assert predictor.predict_row([1.0, 0.0]) == 0
+    assert predictor.predict_row([1e308, 1e308]) is None  # 2e308 is inf
+    assert predictor.predict_row([1e308, -1e308]) is None
+
+
+def test_a_regressor_has_no_one_row_shortcut() -> None:
+    diabetes = load_diabetes()
+    predictor = LinearPredictor.from_estimator(
+        LinearRegression().fit(diabetes.data, diabetes.target)
+    )
+    assert predictor is not None
+    assert predictor.predict_row(diabetes.data[0].tolist()) is None
