@@ -11,10 +11,22 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 
-from bench.report import FLOOR, GATEWAY, LABELS, MLFLOW, NIMBUS
+from bench.report import FLOOR, FLOOR_GATEWAY, GATEWAY, LABELS, MLFLOW, NIMBUS
 
-COLORS = {NIMBUS: "#1f77b4", GATEWAY: "#6baed6", MLFLOW: "#d62728", FLOOR: "#7f7f7f"}
-SHORT = {NIMBUS: "Nimbus", GATEWAY: "Nimbus\nvia gateway", MLFLOW: "mlflow\nserve", FLOOR: "floor"}
+COLORS = {
+    NIMBUS: "#1f77b4",
+    GATEWAY: "#6baed6",
+    MLFLOW: "#d62728",
+    FLOOR: "#7f7f7f",
+    FLOOR_GATEWAY: "#bdbdbd",
+}
+SHORT = {
+    NIMBUS: "Nimbus",
+    GATEWAY: "Nimbus\nvia gateway",
+    MLFLOW: "mlflow\nserve",
+    FLOOR: "floor",
+    FLOOR_GATEWAY: "floor\nvia gateway",
+}
 
 
 def draw(results: dict[str, Any], path: Path) -> None:

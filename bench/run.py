@@ -35,6 +35,7 @@ from bench.load import LoadResult, run_wrk, wrk_version
 from bench.memory import PeakMemory, group_processes
 from bench.report import (
     FLOOR,
+    FLOOR_GATEWAY,
     GATEWAY,
     MLFLOW,
     NIMBUS,
@@ -470,17 +471,21 @@ def measure(stack: Stack, plan: Plan, work_dir: Path) -> dict[str, Any]:
         body_files[name] = work_dir / f"{name}-body.json"
         body_files[name].write_bytes(body)
 
-    floor_port, mlflow_port = free_port(), free_port()
+    floor_port, mlflow_port, floor_gateway_port = free_port(), free_port(), free_port()
     floor = servers.floor_function(stack, floor_port)
+    floor_gateway = servers.gateway_in_front(
+        stack, floor_gateway_port, f"http://127.0.0.1:{floor_port}"
+    )
     served = servers.mlflow_serve(stack, mlflow_port)
-    logger.info("starting mlflow models serve and the floor")
-    start_alongside(stack, [floor, served])
+    logger.info("starting mlflow models serve, the floor and a gateway in front of it")
+    start_alongside(stack, [floor, floor_gateway, served])
     predict_pid, gateway_pid = _pid(stack.service("predict")), _pid(stack.service("gateway"))
     targets = [
         Target(NIMBUS, f"{stack.function_url('predict')}/v1/predict", body_files[NIMBUS], [predict_pid]),
         Target(GATEWAY, f"{stack.gateway_url}/v1/predict", body_files[NIMBUS], [predict_pid, gateway_pid]),
         Target(MLFLOW, f"http://127.0.0.1:{mlflow_port}/invocations", body_files[MLFLOW], [_pid(served)]),
         Target(FLOOR, f"http://127.0.0.1:{floor_port}/", body_files[NIMBUS], [_pid(floor)]),
+        Target(FLOOR_GATEWAY, f"http://127.0.0.1:{floor_gateway_port}/v1/predict", body_files[NIMBUS], [_pid(floor), _pid(floor_gateway)]),
     ]  # fmt: skip
     for target in targets:
         body = bodies[MLFLOW] if target.name == MLFLOW else bodies[NIMBUS]
@@ -492,7 +497,9 @@ def measure(stack: Stack, plan: Plan, work_dir: Path) -> dict[str, Any]:
     processes = process_breakdown(targets)
     summaries = summarize(rounds, peaks)
     logger.info("predict at %s connections", ", ".join(map(str, plan.scaling_connections)))
-    scaling = run_connection_scaling([t for t in targets if t.name != GATEWAY], plan)
+    scaling = run_connection_scaling(
+        [t for t in targets if t.name not in {GATEWAY, FLOOR_GATEWAY}], plan
+    )
     for name, by_count in scaling.items():
         results = rounds[name]
         by_count[str(plan.connections)] = {
@@ -502,6 +509,7 @@ def measure(stack: Stack, plan: Plan, work_dir: Path) -> dict[str, Any]:
             "errors": sum(r.errors for r in results),
         }
     served.stop()
+    floor_gateway.stop()
     floor.stop()
 
     logger.info("cold start: %d x each, alternating", plan.cold_starts)

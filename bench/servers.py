@@ -2,6 +2,8 @@
 
 - the floor: an empty functions-framework handler (bench/floor/main.py), started with the very
   command line of the stack's predict function, so gunicorn's workers and threads match;
+- the floor behind a gateway: the stack's gateway program, started again with its predict
+  route pointed at the floor, so the gateway path is compared with its own floor;
 - `mlflow models serve --env-manager local` of the same `models:/iris@production`, from the
   same MLflow server, with one worker (functions-framework runs one gunicorn worker too).
 """
@@ -54,6 +56,20 @@ def floor_function(stack: Stack, port: int) -> Service:
         ready=lambda: http_ok(f"http://127.0.0.1:{port}/"),
         ready_timeout=60,
         cwd=FLOOR_SOURCE.parent,
+    )
+
+
+def gateway_in_front(stack: Stack, port: int, predict_url: str) -> Service:
+    """Another gateway like the stack's (same program and flags) on `port`, whose predict
+    route goes to `predict_url`: the floor behind it is the floor of the gateway path."""
+    running = stack.service("gateway")
+    argv = with_options(running.argv, {"--listen": f"127.0.0.1:{port}", "--predict": predict_url})
+    return Service(
+        "bench-floor-gateway",
+        argv,
+        ready=lambda: http_ok(f"http://127.0.0.1:{port}/healthz"),
+        ready_timeout=30,
+        cwd=running.cwd,
     )
 
 

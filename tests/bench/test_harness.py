@@ -20,6 +20,7 @@ from bench.load import LoadError, LoadResult, parse_wrk_output, wrk_argv
 from bench.memory import MIB, PeakMemory, group_pids, groups_memory
 from bench.report import (
     FLOOR,
+    FLOOR_GATEWAY,
     GATEWAY,
     MLFLOW,
     NIMBUS,
@@ -188,3 +189,35 @@ def test_memory_is_summed_over_the_process_group(
     assert 0 < memory.pss_bytes <= memory.rss_bytes
     assert peak.samples >= 2
     assert peak.rss_mib >= memory.rss_mib * 0.9
+
+
+def test_the_gateway_path_is_compared_with_the_floor_behind_the_same_gateway() -> None:
+    rounds = {
+        NIMBUS: [result(1400), result(1500)],
+        GATEWAY: [result(1100), result(1200)],
+        MLFLOW: [result(250), result(250)],
+        FLOOR: [result(1800), result(1800)],
+        FLOOR_GATEWAY: [result(1400), result(1500)],
+    }
+
+    summaries = {s.name: s for s in summarize(rounds, {})}
+    checks = {check.name: check for check in predict_targets(list(summaries.values()))}
+    table = format_predict_table(list(summaries.values()))
+
+    gateway = summaries[GATEWAY]
+    assert gateway.floor == FLOOR_GATEWAY
+    assert gateway.vs_floor == pytest.approx((1100 / 1400 + 1200 / 1500) / 2)
+    assert gateway.vs_bare_floor == pytest.approx((1100 / 1800 + 1200 / 1800) / 2)
+    assert summaries[FLOOR_GATEWAY].floor == FLOOR  # shows what the hop itself costs
+    assert summaries[NIMBUS].floor == FLOOR and summaries[NIMBUS].vs_bare_floor is None
+    check = checks["predict req/s ≥ 0.75x floor (via gateway)"]
+    assert check.passed and "against the bare floor 0.64x" in check.note
+    assert "0.79x*" in table and "* against the floor via gateway" in table
+
+
+def test_without_the_gateways_floor_the_gateway_row_uses_the_bare_floor() -> None:
+    rounds = {GATEWAY: [result(900)], MLFLOW: [result(300)], FLOOR: [result(1800)]}
+
+    (gateway, _, _) = summarize(rounds, {})
+
+    assert gateway.floor == FLOOR and gateway.vs_floor == pytest.approx(0.5)
