@@ -79,10 +79,17 @@ class TargetCheck:
     at_least: bool
     unit: str = "x"
     note: str = ""
+    reference: bool = False  # shown beside the targets, not one of them: "ref", not PASS/FAIL
 
     @property
     def passed(self) -> bool:
         return self.value >= self.limit if self.at_least else self.value <= self.limit
+
+    @property
+    def verdict(self) -> str:
+        if self.reference:
+            return "ref "
+        return "PASS" if self.passed else "FAIL"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "passed": self.passed}
@@ -211,7 +218,7 @@ def format_targets(checks: Sequence[TargetCheck]) -> str:
     """PASS/FAIL per target, with the measured value and the limit."""
     lines = []
     for check in checks:
-        verdict = "PASS" if check.passed else "FAIL"
+        verdict = check.verdict
         sign = "≥" if check.at_least else "≤"
         value = f"{check.value:.2f}{check.unit}" if check.unit else f"{check.value:g}"
         limit = f"{check.limit:.3g}{check.unit}"

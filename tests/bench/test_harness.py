@@ -25,6 +25,7 @@ from bench.report import (
     MLFLOW,
     NIMBUS,
     Memory,
+    TargetCheck,
     format_predict_table,
     format_targets,
     paired_ratio,
@@ -221,3 +222,11 @@ def test_without_the_gateways_floor_the_gateway_row_uses_the_bare_floor() -> Non
     (gateway, _, _) = summarize(rounds, {})
 
     assert gateway.floor == FLOOR and gateway.vs_floor == pytest.approx(0.5)
+
+
+def test_a_reference_line_is_neither_pass_nor_fail() -> None:
+    reference = TargetCheck("batch ≥ 0.5x floor (inline)", 0.25, 0.5, True, reference=True)
+
+    printed = format_targets([reference])
+
+    assert printed.startswith("ref ") and "0.25x" in printed and "FAIL" not in printed
