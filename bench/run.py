@@ -308,22 +308,35 @@ def run_batch_comparison(gateway_url: str, model: Any, rows: int, rounds: int) -
         jobs.append(job)
         fetches.append(fetch_s)
         floors.append(floor)
-        logger.info(
-            "batch %7d rows: Nimbus %8.0f rows/s (%.2f s: receive %.2f, queue %.2f, run %.2f, "
-            "notice %.2f)  floor %9.0f rows/s",
-            rows, job.rows_per_s, job.total_s, job.receive_s, job.queue_s, job.run_s,
-            job.notice_s, floor["rows_per_s"],
-        )  # fmt: skip
+        _log_round("batch", rows, job, floor)
+    return {
+        **_comparison(rows, jobs, floors),
+        "body_bytes": len(body),
+        "fetch_all_pages_s": statistics.median(fetches),
+    }
+
+
+def _log_round(kind: str, rows: int, job: batch.BatchRun, floor: dict[str, float]) -> None:
+    logger.info(
+        "%s %7d rows: Nimbus %8.0f rows/s (%.2f s: receive %.2f, queue %.2f, run %.2f, "
+        "notice %.2f)  floor %9.0f rows/s",
+        kind, rows, job.rows_per_s, job.total_s, job.receive_s, job.queue_s, job.run_s,
+        job.notice_s, floor["rows_per_s"],
+    )  # fmt: skip
+
+
+def _comparison(
+    rows: int, jobs: Sequence[batch.BatchRun], floors: Sequence[dict[str, float]]
+) -> dict[str, Any]:
+    """Rounds of jobs and their floors: every round, the medians and the paired ratio."""
     ratios = [job.rows_per_s / floor["rows_per_s"] for job, floor in zip(jobs, floors, strict=True)]
     return {
         "rows": rows,
-        "body_bytes": len(body),
         "nimbus": [job.to_dict() for job in jobs],
-        "floor": floors,
+        "floor": list(floors),
         "nimbus_rows_per_s": statistics.median(job.rows_per_s for job in jobs),
         "floor_rows_per_s": statistics.median(floor["rows_per_s"] for floor in floors),
         "ratio": statistics.median(ratios),
-        "fetch_all_pages_s": statistics.median(fetches),
         "median_parts_s": {
             part: statistics.median(getattr(job, part) for job in jobs)
             for part in ("submit_s", "receive_s", "queue_s", "run_s", "notice_s", "total_s")
@@ -356,26 +369,8 @@ def run_large_comparison(stack: Stack, model: Any, rows: int, rounds: int) -> di
         floor = batch.floor_jsonl(body, model, repeat=1)  # seconds long: one run is enough
         jobs.append(job)
         floors.append(floor)
-        logger.info(
-            "input_uri job %7d rows: Nimbus %8.0f rows/s (%.2f s: receive %.2f, queue %.2f, "
-            "run %.2f, notice %.2f)  floor %9.0f rows/s",
-            rows, job.rows_per_s, job.total_s, job.receive_s, job.queue_s, job.run_s,
-            job.notice_s, floor["rows_per_s"],
-        )  # fmt: skip
-    ratios = [job.rows_per_s / floor["rows_per_s"] for job, floor in zip(jobs, floors, strict=True)]
-    return {
-        "rows": rows,
-        "object_bytes": len(body),
-        "nimbus": [job.to_dict() for job in jobs],
-        "floor": floors,
-        "nimbus_rows_per_s": statistics.median(job.rows_per_s for job in jobs),
-        "floor_rows_per_s": statistics.median(floor["rows_per_s"] for floor in floors),
-        "ratio": statistics.median(ratios),
-        "median_parts_s": {
-            part: statistics.median(getattr(job, part) for job in jobs)
-            for part in ("submit_s", "receive_s", "queue_s", "run_s", "notice_s", "total_s")
-        },
-    }
+        _log_round("input_uri job", rows, job, floor)
+    return {**_comparison(rows, jobs, floors), "object_bytes": len(body)}
 
 
 def worker_service(stack: Stack, number: int) -> Service:

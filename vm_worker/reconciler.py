@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from nimbus.bus import RETAIN_ACKED_SECONDS
@@ -63,42 +64,43 @@ def reconcile(
                     logging.ERROR, "failed", "! job %s failed: queue lost", job_id
                 )
             continue
-        if not _publish(bus, job_id, "pending"):
-            return republished, failed
         # The next republish of this job waits twice as long as this one did.
-        tries = store.requeued(job_id, backoff=older_than)
-        if tries:
-            republished += 1
-            JobLog(job_id, logger=logger).event(
-                logging.WARNING,
-                "republished",
-                "↻ job %s pending for long; published again (%d)",
-                job_id,
-                tries,
-            )
-    for job_id in store.lapsed_leases():
-        if not _publish(bus, job_id, "lease_lapsed"):
+        done = _republish(bus, job_id, "pending", store.requeued, older_than)
+        if done is None:
             return republished, failed
-        tries = store.lapsed_requeued(job_id, backoff=older_than)
-        if tries:
-            republished += 1
-            JobLog(job_id, logger=logger).event(
-                logging.WARNING,
-                "republished",
-                "↻ job %s lease ran out; published again (%d)",
-                job_id,
-                tries,
-            )
+        republished += done
+    for job_id in store.lapsed_leases():
+        done = _republish(bus, job_id, "lease_lapsed", store.lapsed_requeued, older_than)
+        if done is None:
+            return republished, failed
+        republished += done
     return republished, failed
 
 
-def _publish(bus: JobBus, job_id: str, reason: str) -> bool:
+_REPUBLISHED = {
+    "pending": "↻ job %s pending for long; published again (%d)",
+    "lease_lapsed": "↻ job %s lease ran out; published again (%d)",
+}
+
+
+def _republish(
+    bus: JobBus, job_id: str, reason: str, requeue: Callable[..., int], backoff: float
+) -> int | None:
+    """Publish the job again, then `requeue(job_id, backoff=...)` records it (its count of
+    tries; 0 if the job moved on meanwhile): 1 if it was, 0 if not, None if Pub/Sub refused
+    (the pass stops; the next one tries again)."""
     try:
         bus.publish_job(job_id, reconciled=reason)
     except ServiceUnavailable as error:
         logger.warning("job %s not republished: %s", job_id, error.message)
-        return False
-    return True
+        return None
+    tries = requeue(job_id, backoff=backoff)
+    if not tries:
+        return 0
+    JobLog(job_id, logger=logger).event(
+        logging.WARNING, "republished", _REPUBLISHED[reason], job_id, tries
+    )
+    return 1
 
 
 def record_dead_letter(
