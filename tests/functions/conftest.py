@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import redis
 from flask.testing import FlaskClient
 from functions_framework import create_app
 
+from nimbus.clients import Clients
 from nimbus.jobs import JobStore
 from nimbus.stack import Stack
 
@@ -26,6 +28,7 @@ def function_client(stack_env: dict[str, str]) -> Iterator[MakeClient]:
     The environment stays set while the test runs: the client libraries read it when the
     function first builds them, on its first request.
     """
+    built: list[Clients] = []
     with pytest.MonkeyPatch.context() as patch:
         for key, value in stack_env.items():
             patch.setenv(key, value)
@@ -33,9 +36,19 @@ def function_client(stack_env: dict[str, str]) -> Iterator[MakeClient]:
         def make(name: str, **overrides: str) -> FlaskClient:
             for key, value in overrides.items():
                 patch.setenv(key, value)
-            return create_app(name, str(FUNCTIONS / name / "main.py")).test_client()
+            app = create_app(name, str(FUNCTIONS / name / "main.py"))
+            built.append(sys.modules["main"].clients)  # functions-framework's module name
+            return app.test_client()
 
-        yield make
+        try:
+            yield make
+        finally:
+            # A registry a request built follows its alias from a thread: stop it with the
+            # test, not at exit after the stack is gone.
+            for clients in built:
+                registry = clients.__dict__.get("model_registry")
+                if registry is not None:
+                    registry.close()
 
 
 @pytest.fixture
