@@ -36,19 +36,29 @@ def function_client(stack_env: dict[str, str]) -> Iterator[MakeClient]:
         def make(name: str, **overrides: str) -> FlaskClient:
             for key, value in overrides.items():
                 patch.setenv(key, value)
-            app = create_app(name, str(FUNCTIONS / name / "main.py"))
-            built.append(sys.modules["main"].clients)  # functions-framework's module name
-            return app.test_client()
+            client, clients = load_function(name)
+            built.append(clients)
+            return client
 
         try:
             yield make
         finally:
-            # A registry a request built follows its alias from a thread: stop it with the
-            # test, not at exit after the stack is gone.
-            for clients in built:
-                registry = clients.__dict__.get("model_registry")
-                if registry is not None:
-                    registry.close()
+            close_registries(built)
+
+
+def load_function(name: str) -> tuple[FlaskClient, Clients]:
+    """A test client of the function, and the clients its module built."""
+    app = create_app(name, str(FUNCTIONS / name / "main.py"))
+    return app.test_client(), sys.modules["main"].clients  # functions-framework names it main
+
+
+def close_registries(built: list[Clients]) -> None:
+    """Stop the alias watcher of every registry a request built: with the test, not at exit
+    after the stack is gone."""
+    for clients in built:
+        registry = clients.__dict__.get("model_registry")
+        if registry is not None:
+            registry.close()
 
 
 @pytest.fixture

@@ -129,18 +129,16 @@ def assert_still_serves(name: str, client: FlaskClient) -> None:
 
 @pytest.fixture(scope="module")
 def clients(stack_env: dict[str, str]) -> dict[str, FlaskClient]:
-    from functions_framework import create_app
-
-    from tests.functions.conftest import FUNCTIONS
+    from tests.functions.conftest import close_registries, load_function
 
     with pytest.MonkeyPatch.context() as patch:
         for key, value in stack_env.items():
             patch.setenv(key, value)
-        made = {
-            name: create_app(name, str(FUNCTIONS / name / "main.py")).test_client()
-            for name in ("predict", "batch_submit", "batch_status")
-        }
-        yield made
+        loaded = {name: load_function(name) for name in ("predict", "batch_submit", "batch_status")}
+        try:
+            yield {name: client for name, (client, _) in loaded.items()}
+        finally:
+            close_registries([clients for _, clients in loaded.values()])
 
 
 @pytest.mark.parametrize(
