@@ -34,42 +34,46 @@ def with_options(argv: list[str], options: Mapping[str, str]) -> list[str]:
 
 def predict_function(stack: Stack, port: int, *, name: str = "bench-predict") -> Service:
     """Another predict function like the stack's, on `port` (same command, cwd and cache)."""
-    running = stack.service("predict")
-    return Service(
-        name,
-        with_options(running.argv, {"--port": str(port)}),
-        ready=lambda: http_ok(f"http://127.0.0.1:{port}/ready", timeout=30),
-        ready_timeout=120,
-        cwd=running.cwd,
-    )
+    # Its first /ready loads the model: a probe may take seconds.
+    ready = f"http://127.0.0.1:{port}/ready"
+    return _another(stack, "predict", name, {"--port": str(port)}, ready, 120, probe_timeout=30)
 
 
 def floor_function(stack: Stack, port: int) -> Service:
     """The empty handler, with the predict function's command line but its own source."""
-    running = stack.service("predict")
-    argv = with_options(
-        running.argv, {"--target": "floor", "--source": str(FLOOR_SOURCE), "--port": str(port)}
-    )
-    return Service(
-        "bench-floor",
-        argv,
-        ready=lambda: http_ok(f"http://127.0.0.1:{port}/"),
-        ready_timeout=60,
-        cwd=FLOOR_SOURCE.parent,
-    )
+    options = {"--target": "floor", "--source": str(FLOOR_SOURCE), "--port": str(port)}
+    ready = f"http://127.0.0.1:{port}/"
+    return _another(stack, "predict", "bench-floor", options, ready, 60, cwd=FLOOR_SOURCE.parent)
 
 
 def gateway_in_front(stack: Stack, port: int, predict_url: str) -> Service:
     """Another gateway like the stack's (same program and flags) on `port`, whose predict
     route goes to `predict_url`: the floor behind it is the floor of the gateway path."""
-    running = stack.service("gateway")
-    argv = with_options(running.argv, {"--listen": f"127.0.0.1:{port}", "--predict": predict_url})
+    options = {"--listen": f"127.0.0.1:{port}", "--predict": predict_url}
+    ready = f"http://127.0.0.1:{port}/healthz"
+    return _another(stack, "gateway", "bench-floor-gateway", options, ready, 30)
+
+
+def _another(
+    stack: Stack,
+    like: str,
+    name: str,
+    options: Mapping[str, str],
+    ready_url: str,
+    ready_timeout: float,
+    *,
+    probe_timeout: float = 2.0,
+    cwd: Path | None = None,
+) -> Service:
+    """A service started as the stack's `like` is, with `options` changed in its command
+    line; ready once `ready_url` answers 2xx (each probe bounded by `probe_timeout`)."""
+    running = stack.service(like)
     return Service(
-        "bench-floor-gateway",
-        argv,
-        ready=lambda: http_ok(f"http://127.0.0.1:{port}/healthz"),
-        ready_timeout=30,
-        cwd=running.cwd,
+        name,
+        with_options(running.argv, options),
+        ready=lambda: http_ok(ready_url, timeout=probe_timeout),
+        ready_timeout=ready_timeout,
+        cwd=cwd or running.cwd,
     )
 
 

@@ -11,6 +11,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 
 from flask import Request, Response
 
@@ -48,11 +49,8 @@ class Gate:
         """Run `route` (which answers errors itself) and log the request's line."""
         started = time.perf_counter()
         trace = trace_field(self.project, trace_id(request))
-        if trace:
-            with request_fields(trace):
-                response = self._serve(request, route)
-        else:
-            response = self._serve(request, route)
+        with request_fields(trace) if trace else nullcontext():
+            response = self._unread_body_backstop(request, route())
         latency_ms = round((time.perf_counter() - started) * 1000, 2)
         if job_id is None and response.status_code == 202:
             job_id = _job_id_from_location(response)
@@ -78,9 +76,6 @@ class Gate:
         }
         log_line(logger, f"{method} {path} {status}", fields)
         return response
-
-    def _serve(self, request: Request, route: Callable[[], Response]) -> Response:
-        return self._unread_body_backstop(request, route())
 
     def admit(self, request: Request, *, public: bool) -> None:
         """Raise the 413, 401 or 429 this request gets before its handler runs."""

@@ -63,6 +63,20 @@ def _timestamp(created: float) -> str:
     return f"{prefix}.{int((created - whole) * 1_000_000):06d}+00:00"
 
 
+def _entry(severity: str, message: str, created: float, logger: str) -> dict[str, object]:
+    """A line's leading fields, then those of the request being served (its trace)."""
+    entry: dict[str, object] = {
+        "severity": severity,
+        "message": message,
+        "time": _timestamp(created),
+        "logger": logger,
+    }
+    request = _REQUEST_FIELDS.get()
+    if request:
+        entry.update(request)
+    return entry
+
+
 class CloudLoggingFormatter(logging.Formatter):
     """Formats a record as one JSON object that Cloud Logging parses into a structured entry."""
 
@@ -71,15 +85,7 @@ class CloudLoggingFormatter(logging.Formatter):
 
     def format_bytes(self, record: logging.LogRecord) -> bytes:
         """The line as UTF-8 bytes, without the newline."""
-        entry: dict[str, object] = {
-            "severity": record.levelname,
-            "message": record.getMessage(),
-            "time": _timestamp(record.created),
-            "logger": record.name,
-        }
-        request = _REQUEST_FIELDS.get()
-        if request:
-            entry.update(request)
+        entry = _entry(record.levelname, record.getMessage(), record.created, record.name)
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
@@ -97,8 +103,7 @@ class LineHandler(logging.Handler):
         self.flush_seconds = flush_seconds
         self._pending: list[bytes] = []
         self._wake = threading.Event()
-        self._flusher: threading.Thread | None = None
-        self._flusher_pid = 0
+        self._flusher_pid = 0  # the process whose flusher thread runs, 0 for none yet
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -152,8 +157,7 @@ class LineHandler(logging.Handler):
     def _start_flusher(self) -> None:
         self._flusher_pid = os.getpid()
         self._wake = threading.Event()
-        self._flusher = threading.Thread(target=self._flush_loop, name="log-flusher", daemon=True)
-        self._flusher.start()
+        threading.Thread(target=self._flush_loop, name="log-flusher", daemon=True).start()
 
     def _flush_loop(self) -> None:
         wake = self._wake
@@ -170,19 +174,11 @@ def log_line(logger: logging.Logger, message: str, fields: dict[str, object]) ->
     if handler is None:
         logger.info("%s", message, extra=fields)
         return
-    entry: dict[str, object] = {
-        "severity": "INFO",
-        "message": message,
-        "time": _timestamp(time.time()),
-        "logger": logger.name,
-    }
-    request = _REQUEST_FIELDS.get()
-    if request:
-        entry.update(request)
+    entry = _entry("INFO", message, time.time(), logger.name)
     entry.update(fields)
     try:
         line = orjson.dumps(entry, default=str)
-    except (TypeError, orjson.JSONEncodeError):  # let the logging module report it
+    except TypeError:  # orjson's JSONEncodeError is one; let the logging module report it
         logger.info("%s", message, extra=fields)
         return
     handler.emit_line(line)
