@@ -97,12 +97,12 @@ def predict(request: Request, registry: ModelRegistry, settings: Settings) -> Re
     model_body = {"name": model.name, "version": model.version}
     headers = {MODEL_HEADER: f"{model.name}/{model.version}"}
     if isinstance(body, dict):
-        if not with_proba:  # the common call: one well-formed row, a linear classifier
-            values = model.schema.fast_values(body)
-            label = None if values is None else model.predict_row(values)
+        values = model.schema.fast_values(body)
+        if values is not None and not with_proba:  # the common call: one well-formed row
+            label = model.predict_row(values)  # answered without numpy by a linear classifier
             if label is not None:
                 return json_response({"prediction": label, "model": model_body}, headers=headers)
-        matrix = model.schema.row_to_matrix(body)
+        matrix = model.schema.row_to_matrix(body, values)
     elif isinstance(body, list):
         if not body:
             raise ValidationFailed(

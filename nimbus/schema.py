@@ -143,9 +143,10 @@ class InputSchema:
             parts.append(f"{column.name} ({', '.join(notes)})" if notes else column.name)
         return ", ".join(parts)
 
-    def row_to_matrix(self, item: object) -> np.ndarray:
-        """Validate one object (the predict body) into a 1-row matrix; problems carry no index."""
-        values = self.fast_values(item)
+    def row_to_matrix(self, item: object, checked: list[Any] | None = None) -> np.ndarray:
+        """Validate one object (the predict body) into a 1-row matrix; problems carry no index.
+        `checked` is what `fast_values(item)` already answered, if it was asked."""
+        values = checked if checked is not None else self.fast_values(item)
         if values is None:
             problems = _Problems(limit=self.width * 2 + 1)
             values = self._item_values(item, None, problems)
